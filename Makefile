@@ -1,0 +1,22 @@
+# The README's two commands: `make serve` and `make test`. Both build .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/unmaskd: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# The CPU wheel on disk; an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/unmaskd
+
+serve: install
+	$(BIN)/unmaskd serve
+
+test: install
+	OMP_NUM_THREADS=2 $(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+.PHONY: install serve test

@@ -1,0 +1,107 @@
+"""Load and save dLLM checkpoints in LLaDA's published folder format.
+
+    model, tokenizer = load_dllm("path/to/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")
+
+A folder holds `config.json`, `model.safetensors` (or shards + `model.safetensors.index.json`)
+and the tokenizer files. Weights are memory-mapped from safetensors; nothing in the folder is
+executed (no `trust_remote_code`), and pickle files are never read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from dllm.config import ConfigError, LLaDAConfig
+from dllm.model import LLaDAModel
+
+PREFIX = "model."  # LLaDA's keys are model.transformer.*; our module tree starts at transformer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing a file, or a file is unreadable or inconsistent."""
+
+
+def load_config(model_dir: Path, mask_token_id: int | None = None) -> LLaDAConfig:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found (expected a LLaDA checkpoint folder)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    return LLaDAConfig.from_dict(raw, mask_token_id=mask_token_id)
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: unreadable index ({e})") from None
+        return [model_dir / s for s in shards]
+    return [model_dir / "model.safetensors"]
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for path in _weight_files(model_dir):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: weight file not found")
+        try:
+            with safe_open(str(path), framework="pt") as f:  # memory-mapped
+                for key in f.keys():
+                    state[key] = f.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from None
+    return state
+
+
+def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+              mask_token_id: int | None = None):
+    """Returns (model in eval mode, tokenizer)."""
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir, mask_token_id)
+    with torch.device("meta"):
+        model = LLaDAModel(cfg)
+    state = {k.removeprefix(PREFIX): v for k, v in load_state_dict(model_dir).items()}
+    if cfg.weight_tying:
+        state.pop("transformer.ff_out.weight", None)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{model_dir}: weights do not match config.json "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(f"{model_dir}: {PREFIX}{key} has shape {tuple(tensor.shape)}, "
+                                  f"config.json implies {tuple(expected[key].shape)}")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    model = model.to(device).eval().requires_grad_(False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True,
+                                                  trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: tokenizer files unreadable ({e})") from None
+    return model, tokenizer
+
+
+def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
+    """Write config.json and model.safetensors (tokenizer files are copied by the caller)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config = {**model.config.to_dict(), "architectures": ["LLaDAModelLM"]}
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    state = {PREFIX + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+__all__ = ["CheckpointError", "ConfigError", "load_config", "load_dllm", "save_dllm"]

@@ -1,0 +1,1 @@
+"""Task suites the embedded dLLM is trained and evaluated on."""

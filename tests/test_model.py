@@ -1,0 +1,143 @@
+"""The LLaDA-architecture model and its checkpoint format."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dllm.checkpoint import CheckpointError, load_dllm, save_dllm
+from dllm.config import ConfigError, LLaDAConfig
+from dllm.model import LLaDAModel
+
+
+def small_config(**overrides) -> LLaDAConfig:
+    base = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=48, vocab_size=50,
+                embedding_size=64, max_sequence_length=64, mask_token_id=3, eos_token_id=0,
+                pad_token_id=0)
+    return LLaDAConfig(**{**base, **overrides})
+
+
+def test_padding_invariance_left_and_right():
+    torch.manual_seed(0)
+    model = LLaDAModel(small_config()).eval()
+    model.init_weights(std=0.3)
+    a, b = torch.randint(4, 50, (7,)), torch.randint(4, 50, (12,))
+    alone_a, alone_b = model(a[None])[0], model(b[None])[0]
+    pad = torch.zeros(5, dtype=torch.long)
+    left = torch.stack([torch.cat([pad, a]), b])
+    left_mask = torch.stack([torch.cat([torch.zeros(5), torch.ones(7)]), torch.ones(12)])
+    out = model(left, left_mask)
+    torch.testing.assert_close(out[0, 5:], alone_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], alone_b, atol=1e-5, rtol=1e-5)
+    right = torch.stack([torch.cat([a, pad]), b])
+    right_mask = torch.stack([torch.cat([torch.ones(7), torch.zeros(5)]), torch.ones(12)])
+    torch.testing.assert_close(model(right, right_mask)[0, :7], alone_a, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_is_bidirectional():
+    model = LLaDAModel(small_config()).eval()
+    model.init_weights(std=0.3)
+    x = torch.randint(4, 50, (1, 6))
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % 50
+    assert not torch.allclose(model(x)[0, 0], model(y)[0, 0])  # position 0 sees the future
+
+
+def test_save_load_round_trip_is_exact(tiny_model_dir, tmp_path):
+    model, tok = load_dllm(tiny_model_dir)
+    save_dllm(model, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    again, _ = load_dllm(tmp_path)
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    keys = load_file(str(tmp_path / "model.safetensors")).keys()
+    assert "model.transformer.wte.weight" in keys
+    assert "model.transformer.blocks.0.ff_proj.weight" in keys
+    assert "model.transformer.ln_f.weight" in keys and "model.transformer.ff_out.weight" in keys
+
+
+def test_sharded_checkpoint_and_dtype(tiny_model_copy):
+    state = load_file(str(tiny_model_copy / "model.safetensors"))
+    keys = sorted(state)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half],
+              "model-00002-of-00002.safetensors": keys[half:]}
+    for name, ks in shards.items():
+        save_file({k: state[k] for k in ks}, str(tiny_model_copy / name))
+    weight_map = {k: name for name, ks in shards.items() for k in ks}
+    (tiny_model_copy / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (tiny_model_copy / "model.safetensors").unlink()
+    model, _ = load_dllm(tiny_model_copy, dtype=torch.bfloat16)
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(model.transformer.wte.weight.float(),
+                               state["model.transformer.wte.weight"].bfloat16().float())
+
+
+@pytest.mark.parametrize("field,value", [("alibi", True), ("block_type", "sequential"),
+                                         ("attention_layer_norm", True)])
+def test_unsupported_config_field_is_refused(tiny_model_copy, field, value):
+    path = tiny_model_copy / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg[field] = value
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=field):
+        load_dllm(tiny_model_copy)
+
+
+def test_training_only_fields_are_ignored_and_mask_id_overridable(tiny_model_copy):
+    path = tiny_model_copy / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(init_fn="mitchell", init_std=0.02, residual_dropout=0.0, precision="amp_bf16")
+    del cfg["mask_token_id"]
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="mask_token_id"):
+        load_dllm(tiny_model_copy)
+    model, _ = load_dllm(tiny_model_copy, mask_token_id=2)
+    assert model.config.mask_token_id == 2
+
+
+def test_missing_and_corrupt_weights_name_the_file(tiny_model_copy):
+    weights = tiny_model_copy / "model.safetensors"
+    weights.write_bytes(b"\x00\x01 not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_dllm(tiny_model_copy)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_dllm(tiny_model_copy)
+
+
+def test_shape_mismatch_is_refused(tiny_model_copy):
+    path = tiny_model_copy / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["mlp_hidden_size"] += 32
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_dllm(tiny_model_copy)
+
+
+def test_weight_tying_uses_embedding_as_head():
+    model = LLaDAModel(small_config(weight_tying=True)).eval()
+    model.init_weights(std=0.3)
+    assert not hasattr(model.transformer, "ff_out")
+    assert model(torch.randint(0, 50, (1, 5))).shape == (1, 5, 64)
+
+
+def test_tokenizer_round_trip_and_autotokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tasks.arithmetic import make_split
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
+    for p in make_split("validation", 20):
+        text = p.prompt + p.answer
+        ids = tok(text)["input_ids"]
+        assert tok.decode(ids) == text
+    digits = tok.convert_ids_to_tokens(tok("1234")["input_ids"])
+    assert digits == ["1", "2", "3", "4"]
+    assert tok.mask_token == "<|mdm_mask|>" and tok.eos_token == "<|endoftext|>"
+    chat = tok.apply_chat_template([{"role": "user", "content": "Ava has 2 eggs."}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert chat == "Question: Ava has 2 eggs.\nAnswer:"
