@@ -1,0 +1,188 @@
+"""Fused Triton kernel for the per-step confidence statistics (see reference.py for the spec).
+
+Each program owns BLOCK_N rows and reads every logit exactly once, walking V in BLOCK_V
+chunks. Per lane (one column slot of the [BLOCK_N, BLOCK_V] tile) it keeps, in fp32:
+  - an online softmax: z = sum exp(x - m), s = sum exp(x - m) * (x - m), rescaled whenever
+    the row max m grows, so that entropy = log z - s / z;
+  - a running top-1 (value, index) and top-2 value;
+  - at T > 0 a running Gumbel-max over x / T + g (key, index, raw logit of the winner).
+Lanes are merged once at the end, ties going to the lowest index as in torch.argmax.
+Per-lane state costs registers but needs one cross-lane reduction per chunk (its max; two
+more when sampling) instead of one per statistic.
+
+Under the interpreter (CPU tensors) TRITON_INTERPRET=1 must be set before this module is
+imported: triton.jit picks interpreted vs compiled at decoration time.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from .reference import ConfidenceStats, empty_stats
+
+BIG_INDEX = tl.constexpr(2**31 - 1)  # "no index yet"; larger than any column, so it loses every min
+G_MAX = tl.constexpr(17.0)  # strict upper bound on the fp32 Gumbel noise (it is <= 16.64)
+
+
+@triton.jit
+def _fmix32(h):
+    # murmur3 finaliser on uint32 (multiplies wrap mod 2^32); same formula as reference.py.
+    h ^= h >> 16
+    h *= 0x85EBCA6B
+    h ^= h >> 13
+    h *= 0xC2B2AE35
+    h ^= h >> 16
+    return h
+
+
+@triton.jit
+def _gumbel(key, cols, PRECISE_LOG: tl.constexpr):
+    """g = -log(-log(u)), u from fmix32(key ^ (v * 0x9E3779B9)); key: uint32 [BLOCK_N, 1]."""
+    h = _fmix32(key ^ (cols.to(tl.uint32) * 0x9E3779B9))
+    u = ((h >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # exact: 24 significant bits
+    # -log(u) for u near 1 (large g: the entries that win) needs a log with small RELATIVE
+    # error near 1; tl.log may lower to lg2.approx whose absolute error would swamp it.
+    if PRECISE_LOG:
+        e = -libdevice.log(u)
+    else:
+        e = -tl.log(u)  # interpreter: numpy's log, already precise
+    return -tl.log(e)
+
+
+@triton.jit
+def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
+                       tok_ptr, prob_ptr, top1_ptr, top2_ptr, ent_ptr,
+                       N, V, exclude,
+                       SAMPLE: tl.constexpr, PRECISE_LOG: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+    NEG_INF: tl.constexpr = float("-inf")
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_n
+    lane = tl.arange(0, BLOCK_V)
+
+    m = tl.full([BLOCK_N], NEG_INF, tl.float32)           # row max so far
+    z = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)           # per-lane sum exp(x - m)
+    s = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)           # per-lane sum exp(x - m) * (x - m)
+    t1 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # per-lane top-1 / top-2 logits
+    t2 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)
+    i1 = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)
+    # Gumbel-max state (dead code unless SAMPLE).
+    bk = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # best key x / T + g
+    bi = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)
+    bx = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # raw logit of the best key
+    best = tl.full([BLOCK_N], NEG_INF, tl.float32)         # row-wide best key so far
+    sample = rows < 0
+    inv_t = tl.full([BLOCK_N], 1.0, tl.float32)
+    key = tl.zeros([BLOCK_N, 1], tl.uint32)
+    if SAMPLE:
+        t = tl.load(temp_ptr + rows, mask=row_ok, other=0.0)
+        sample = t > 0
+        inv_t = tl.where(sample, 1.0 / tl.where(sample, t, 1.0), 1.0)
+        seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
+        lo = seed.to(tl.uint32)  # truncation keeps the low 32 bits
+        hi = (seed >> 32).to(tl.uint32)
+        key = _fmix32(lo ^ _fmix32(hi ^ 0x9E3779B9))[:, None]
+
+    for start in range(0, V, BLOCK_V):
+        cols = start + lane[None, :]
+        x = tl.load(x_rows + cols, mask=row_ok[:, None] & (cols < V), other=NEG_INF)
+        x = tl.where(cols == exclude, NEG_INF, x.to(tl.float32))
+
+        # Online softmax. m_safe keeps all -inf rows finite (no -inf - -inf = NaN).
+        chunk_max = tl.max(x, axis=1)
+        m_new = tl.maximum(m, chunk_max)
+        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
+        alpha = tl.exp(m - m_safe)[:, None]                          # 0 while m is -inf
+        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)[:, None]     # (x - m_new) - (x - m)
+        s = alpha * (s + shift * z)
+        z = alpha * z
+        xc = tl.where(x == NEG_INF, 0.0, x - m_safe[:, None])       # p = 0 there: no 0 * -inf
+        e = tl.exp(x - m_safe[:, None])
+        z += e
+        s += e * xc
+        m = m_new
+
+        # Per-lane top-2; strict > keeps the earliest index, a duplicate max lands in t2.
+        gt = x > t1
+        t2 = tl.where(gt, t1, tl.maximum(t2, x))
+        t1 = tl.where(gt, x, t1)
+        i1 = tl.where(gt, cols, i1)
+
+        if SAMPLE:
+            # g < G_MAX, so a chunk whose max cannot beat the best key so far is skipped
+            # (a key equal to it would lose the tie to the earlier index anyway).
+            need = sample & (chunk_max * inv_t + G_MAX > best)
+            if tl.max(need.to(tl.int32), axis=0) > 0:
+                g = _gumbel(key, cols, PRECISE_LOG)
+                k = tl.where(need[:, None], x * inv_t[:, None] + g, NEG_INF)
+                gt = k > bk
+                bk = tl.where(gt, k, bk)
+                bi = tl.where(gt, cols, bi)
+                bx = tl.where(gt, x, bx)
+                best = tl.maximum(best, tl.max(k, axis=1))
+
+    # Merge lanes: lowest index among the lanes holding the max.
+    top1 = tl.max(t1, axis=1)
+    idx1 = tl.min(tl.where(t1 == top1[:, None], i1, BIG_INDEX), axis=1)
+    # Second largest: the winner lane's t2, every other lane's t1 (a tie gives top2 == top1).
+    top2 = tl.max(tl.where(i1 == idx1[:, None], t2, t1), axis=1)
+    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    zs = tl.sum(z, axis=1)
+    zs = tl.where(zs > 0, zs, 1.0)  # empty / out-of-range rows: stored as NaN or masked below
+    inv_z = 1.0 / zs
+    entropy = tl.log(zs) - tl.sum(s, axis=1) * inv_z
+    token = idx1
+    x_tok = m
+    if SAMPLE:
+        kmax = tl.max(bk, axis=1)
+        kidx = tl.min(tl.where(bk == kmax[:, None], bi, BIG_INDEX), axis=1)
+        token = tl.where(sample, kidx, token)
+        x_tok = tl.where(sample, tl.max(tl.where(bi == kidx[:, None], bx, NEG_INF), axis=1), m)
+
+    empty = m == NEG_INF  # no finite logit: token 0, NaN statistics (as the reference)
+    nan = float("nan")
+    tl.store(tok_ptr + rows, tl.where(empty, 0, token).to(tl.int64), mask=row_ok)
+    tl.store(prob_ptr + rows, tl.where(empty, nan, tl.exp(x_tok - m_safe) * inv_z), mask=row_ok)
+    tl.store(top1_ptr + rows, tl.where(empty, nan, inv_z), mask=row_ok)
+    tl.store(top2_ptr + rows, tl.where(empty, nan, tl.exp(top2 - m_safe) * inv_z), mask=row_ok)
+    tl.store(ent_ptr + rows, tl.where(empty, nan, entropy), mask=row_ok)
+
+
+def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_V, num_warps). Large V: one row per program; small V: pack rows."""
+    block_v = min(triton.next_power_of_2(vocab), 2048 if on_gpu else 1024)
+    block_n = max(1, min(16, (2048 if on_gpu else 4096) // block_v))
+    return block_n, block_v, 8 if block_n * block_v >= 2048 else 4
+
+
+def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | None,
+                            seeds: torch.Tensor | None, exclude_token_id: int | None,
+                            out: ConfidenceStats | None = None,
+                            config: tuple[int, int, int] | None = None) -> ConfidenceStats:
+    """temperature: float32 [N] or None (greedy); seeds: int64 [N], needed if temperature is set.
+    out: optional preallocated outputs (tests pre-fill them with poison); config: see pick_config.
+    """
+    n, vocab = logits.shape
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
+    out = empty_stats(n, logits.device) if out is None else out
+    if n == 0:
+        return out
+    on_gpu = logits.device.type == "cuda"
+    block_n, block_v, num_warps = config or pick_config(vocab, on_gpu)
+    sample = temperature is not None
+    if sample:
+        temperature = temperature.to(device=logits.device, dtype=torch.float32).contiguous()
+        seeds = seeds.to(device=logits.device, dtype=torch.int64).contiguous()
+    exclude = -1 if exclude_token_id is None else int(exclude_token_id)
+    _confidence_kernel[(triton.cdiv(n, block_n),)](
+        logits, logits.stride(0),
+        temperature if sample else logits, seeds if sample else logits,  # unused if not SAMPLE
+        out.token, out.prob, out.top1, out.top2, out.entropy,
+        n, vocab, exclude,
+        SAMPLE=sample, PRECISE_LOG=on_gpu,
+        BLOCK_N=block_n, BLOCK_V=block_v, num_warps=num_warps)
+    return out
