@@ -1,0 +1,102 @@
+"""The sampler interface: given one denoising step's confidences, which positions to commit.
+
+The engine owns the loop. Once per step it calls `select(view)` on each sampler group (the rows
+of the batch using that sampler) with [n, W] tensors over each row's answer canvas, W the widest
+canvas in the batch. A sampler returns a [n, W] bool tensor; the engine then enforces the
+invariants whatever came back: only `candidate` positions (still masked, current block) are
+committed, at least one per step, and everything left at a block's last allowed step.
+
+A sampler object is built per group from its rows' validated params (so it can stack them into
+tensors once), and rebuilt whenever the batch's membership changes. Per-sequence state that must
+survive across steps (KLASS's previous distributions, the learned policy's rollout records)
+lives in `view.states`, one dict per row, owned by the engine's sequence objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class SamplerParams(BaseModel):
+    """A sampler's per-request parameters; unknown fields are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class StepView:
+    token: torch.Tensor  # [n, W] long: proposed token per position
+    prob: torch.Tensor  # [n, W] float: probability of the proposed token
+    top1: torch.Tensor  # [n, W]
+    top2: torch.Tensor  # [n, W]
+    entropy: torch.Tensor  # [n, W]
+    candidate: torch.Tensor  # [n, W] bool: still masked and in the current block
+    masked: torch.Tensor  # [n, W] bool: still masked anywhere in the canvas
+    in_block: torch.Tensor  # [n, W] bool: position belongs to the current block
+    valid: torch.Tensor  # [n, W] bool: position is inside this row's canvas
+    step_in_block: torch.Tensor  # [n] long: steps already spent on the current block
+    steps_per_block: torch.Tensor  # [n] long: the block's step budget
+    nfe: torch.Tensor  # [n] long: denoising steps done before this one
+    gen_length: torch.Tensor  # [n] long
+    rng_keys: torch.Tensor  # [n] int64: per-row counter-based RNG key for this step
+    probs: torch.Tensor | None = None  # [n, W, V] full distributions, only if needs_probs
+    states: list[dict] = field(default_factory=list)  # per-row persistent sampler state
+
+
+class Sampler:
+    name: ClassVar[str]
+    Params: ClassVar[type[SamplerParams]] = SamplerParams
+    needs_probs: ClassVar[bool] = False  # True: the engine passes full distributions (costly)
+    full_canvas: ClassVar[bool] = False  # True: statistics for the whole canvas, not one block
+
+    @classmethod
+    def finalize(cls, params: SamplerParams, gen_length: int, block_length: int) -> SamplerParams:
+        """Fill request-dependent defaults once the lengths are known (validation time)."""
+        return params
+
+    def __init__(self, params: list[SamplerParams], device: torch.device):
+        self.params = params
+        self.device = device
+
+    def select(self, view: StepView) -> torch.Tensor:
+        raise NotImplementedError
+
+    def param_tensor(self, name: str, dtype=torch.float32) -> torch.Tensor:
+        """One parameter of every row as a [n, 1] tensor (built once per membership change)."""
+        return torch.tensor([getattr(p, name) for p in self.params], dtype=dtype,
+                            device=self.device)[:, None]
+
+
+def linear_schedule_count(view: StepView) -> torch.Tensor:
+    """LLaDA's get_num_transfer_tokens: block_length // steps tokens per step, the remainder
+    going to the first steps of the block. Returns [n] counts for this step."""
+    block_len = view.in_block.sum(-1)
+    base = block_len // view.steps_per_block
+    remainder = block_len % view.steps_per_block
+    return base + (view.step_in_block < remainder).long()
+
+
+def top_n_mask(scores: torch.Tensor, candidate: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Mark the n highest-scoring candidates of each row (ties: lowest index first)."""
+    scores = scores.masked_fill(~candidate, float("-inf"))
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    return (ranks < n[:, None]) & candidate
+
+
+def counter_uniform(keys: torch.Tensor, width: int) -> torch.Tensor:
+    """Uniforms in (0, 1) of shape [n, width] from per-row int64 keys: a counter-based hash
+    (murmur3's fmix32 over key and column), so a row's draws never depend on its batch."""
+    cols = torch.arange(width, device=keys.device, dtype=torch.int64)
+    h = (keys[:, None] ^ (keys[:, None] >> 32)) & 0xFFFFFFFF
+    h = (h * 0x9E3779B1 + cols * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
+    for mult in (0x85EBCA6B, 0xC2B2AE35):
+        h = h ^ (h >> 16)
+        h = (h * mult) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return ((h >> 8).double() + 0.5) / float(1 << 24)

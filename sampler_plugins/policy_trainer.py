@@ -1,0 +1,286 @@
+"""GRPO training of the learned unmasking policy against a frozen dLLM (`unmaskd train-policy`).
+
+    unmaskd train-policy --out runs/policy-b12 --block-length 12 --alpha 1
+    torchrun --nproc_per_node 2 -m sampler_plugins.policy_trainer --out runs/p --block-length 48
+
+As in Jazbec et al. 2026: groups of G rollouts per prompt through the engine (the dLLM greedy,
+the only randomness the policy's Bernoulli draws); terminal reward
+correct * ((L - min(NFE, L) + 1) / L) ** alpha; advantage = reward - group mean; groups whose
+rewards are all equal are skipped; a per-step PPO ratio clipped at epsilon; mu passes per
+rollout batch; no KL term. Rollouts record each step's policy inputs and actions, so the loss
+needs no second dLLM pass.
+
+One deviation: the engine commits at least one token per step whatever a sampler returns, so an
+empty Bernoulli draw still makes progress (the dLLM's most confident position) instead of
+wasting the step; the loss uses the policy's own draw.
+
+Data-parallel with torchrun (DDP; gloo on CPU, nccl on GPU): each rank rolls out its share of
+prompts and DDP all-reduces the gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
+from sampler_plugins.policy_store import STORE, Policy, model_fingerprint, save_policy
+from server.engine import Engine
+from server.sequence import GenerationRequest, SequenceResult
+from tasks.arithmetic import Problem, check_answer, make_split
+
+TRAIN_POLICY = "__training__"
+RewardFn = Callable[[SequenceResult, Problem, int], float]
+
+
+def task_reward(alpha: float) -> RewardFn:
+    def reward(result: SequenceResult, problem: Problem, gen_length: int) -> float:
+        correct = check_answer(result.text, problem.value)
+        speed = (gen_length - min(result.nfe, gen_length) + 1) / gen_length
+        return float(correct) * speed**alpha
+    return reward
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="unmaskd train-policy", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=None, help="dLLM folder (default: embedded)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--name", default=None, help="policy name (default: the --out folder name)")
+    ap.add_argument("--gen-length", type=int, default=48)
+    ap.add_argument("--block-length", default="12", help="N or 'full'")
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--features", default="confidence",
+                    help=f"comma-separated subset of {','.join(FEATURES)}")
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
+    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--mu", type=int, default=2, help="optimisation passes per rollout batch")
+    ap.add_argument("--clip", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--grad-clip", type=float, default=0.2)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-every", type=int, default=0)
+    ap.add_argument("--val-n", type=int, default=100)
+    ap.add_argument("--ckpt-every", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--default", action="store_true", help="mark as the default for its mode")
+    return ap.parse_args(argv)
+
+
+def rollout_seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "little")
+
+
+def lr_factor(it: int, total: int, warmup: int) -> float:
+    if it < warmup:
+        return (it + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(1, total - warmup)))
+
+
+def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float) -> torch.Tensor:
+    """Clipped PPO objective over every recorded step (mean over steps)."""
+    feats = torch.stack([s["feats"] for s in steps])
+    logits = net(feats, torch.stack([s["mask_bits"] for s in steps]),
+                 torch.stack([s["t"] for s in steps]), torch.stack([s["valid"] for s in steps]))
+    decide = torch.stack([s["decide"] for s in steps])
+    logp = bernoulli_log_prob(unmask_probs(logits), torch.stack([s["action"] for s in steps]),
+                              decide)
+    ratio = torch.exp(logp - torch.stack([s["logp"] for s in steps]))
+    clipped = ratio.clamp(1 - clip, 1 + clip)
+    return -torch.minimum(ratio * advantages, clipped * advantages).mean()
+
+
+def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    from dllm import EMBEDDED_MODEL_DIR
+
+    model_dir = args.model or EMBEDDED_MODEL_DIR
+    dtype = getattr(torch, args.dtype)
+    engine = Engine.from_dir(model_dir, device=args.device, dtype=dtype,
+                             default_gen_length=args.gen_length)
+    L = args.gen_length
+    block_length = L if args.block_length == "full" else int(args.block_length)
+    reward_fn = reward_fn or task_reward(args.alpha)
+    features = tuple(f.strip() for f in args.features.split(","))
+
+    torch.manual_seed(args.seed)
+    net = PolicyNet(features).to(args.device)
+    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99),
+                            weight_decay=args.weight_decay)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
+    start = 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=True, map_location=args.device)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        start = state["iteration"]
+        if rank == 0 and log_path.exists():
+            kept = [ln for ln in log_path.read_text().splitlines()
+                    if json.loads(ln).get("iteration", 0) <= start]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+    policy = Policy(TRAIN_POLICY, net, {"block_length": block_length}, record=True)
+    STORE.add(policy)
+    P, G = args.prompts_per_step, args.group_size
+    problems = make_split("train", args.iterations * P * world)
+    meta = policy_meta(args, argv, model_dir, block_length, world)
+    t_start = time.time()
+    bar = tqdm(total=args.iterations, initial=start, desc="train-policy", disable=rank != 0)
+    for it in range(start, args.iterations):
+        t0 = time.time()
+        batch = problems[(it * world + rank) * P:(it * world + rank + 1) * P]
+        net.eval()
+        reqs = [GenerationRequest(
+            engine.tokenizer(p.prompt)["input_ids"], "learned",
+            {"policy": TRAIN_POLICY, "mode": "bernoulli"}, gen_length=L,
+            block_length=block_length, steps=L, seed=rollout_seed(args.seed, it, rank, i, g))
+            for i, p in enumerate(batch) for g in range(G)]
+        results = engine.generate(reqs, max_batch_size=len(reqs))
+        rewards = torch.tensor([reward_fn(r, batch[i // G], L) for i, r in enumerate(results)])
+        groups = rewards.view(P, G)
+        advantages = (groups - groups.mean(1, keepdim=True)).flatten()
+        informative = (groups.max(1).values > groups.min(1).values).repeat_interleave(G)
+        steps, step_adv = [], []
+        for r, a, keep in zip(results, advantages.tolist(), informative.tolist()):
+            if keep:
+                recs = r.sampler_state.get("steps", [])
+                steps += recs
+                step_adv += [a] * len(recs)
+        net.train()
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(it, args.iterations, args.warmup)
+        for _ in range(args.mu):
+            if steps:
+                loss = grpo_loss(model, steps, torch.tensor(step_adv, device=args.device),
+                                 args.clip)
+            else:  # nothing to learn on this rank; still join the all-reduce
+                loss = sum(p.sum() for p in model.parameters()) * 0.0
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+            opt.step()
+        all_steps = [s for r in results for s in r.sampler_state.get("steps", [])]
+        record = {
+            "iteration": it + 1, "reward": rewards.mean().item(),
+            "accuracy": sum(check_answer(r.text, batch[i // G].value)
+                            for i, r in enumerate(results)) / len(results),
+            "nfe": sum(r.nfe for r in results) / len(results),
+            "still_masked": torch.stack([s["mask_bits"].float().sum() / s["valid"].float().sum()
+                                         for s in all_steps]).mean().item(),
+            "unmask_prob": _mean_unmask_prob(net, all_steps),
+            "zero_advantage": 1 - informative.float().mean().item(),
+            "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+            "step_s": round(time.time() - t0, 2),
+        }
+        if rank == 0:
+            bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
+                            nfe=f"{record['nfe']:.1f}")
+            bar.update()
+            if args.val_every and (it + 1) % args.val_every == 0:
+                record.update(validate(engine, args.val_n, L, block_length))
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if (it + 1) % args.ckpt_every == 0 or it + 1 == args.iterations:
+                tmp = ckpt_path.with_suffix(".tmp")
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
+                            "iteration": it + 1}, tmp)
+                tmp.replace(ckpt_path)
+                meta["training"]["iterations_done"] = it + 1
+                meta["training"]["wall_s"] = round(time.time() - t_start, 1)
+                save_policy(net, out / "policy", meta)
+    bar.close()
+    if distributed:
+        checksum = torch.tensor([sum(p.double().sum().item() for p in net.parameters())])
+        gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
+        dist.all_gather(gathered, checksum.double())
+        if rank == 0:
+            with log_path.open("a") as f:
+                f.write(json.dumps({"rank_checksums": [g.item() for g in gathered]}) + "\n")
+        dist.destroy_process_group()
+    STORE.remove(TRAIN_POLICY)
+    return out / "policy"
+
+
+def _mean_unmask_prob(net, steps: list[dict]) -> float:
+    """Mean policy unmask probability over deciding positions (diagnostic)."""
+    if not steps:
+        return 0.0
+    with torch.no_grad():
+        sample = steps[:: max(1, len(steps) // 64)]
+        logits = net(torch.stack([s["feats"] for s in sample]),
+                     torch.stack([s["mask_bits"] for s in sample]),
+                     torch.stack([s["t"] for s in sample]),
+                     torch.stack([s["valid"] for s in sample]))
+        decide = torch.stack([s["decide"] for s in sample])
+        return torch.sigmoid(logits)[decide].mean().item()
+
+
+def validate(engine: Engine, n: int, gen_length: int, block_length: int) -> dict:
+    problems = make_split("validation", n)
+    reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "learned",
+                              {"policy": TRAIN_POLICY}, gen_length=gen_length,
+                              block_length=block_length, steps=gen_length) for p in problems]
+    STORE.policies[TRAIN_POLICY].record = False
+    try:
+        results = engine.generate(reqs)
+    finally:
+        STORE.policies[TRAIN_POLICY].record = True
+    acc = sum(check_answer(r.text, p.value) for r, p in zip(results, problems)) / n
+    return {"val_accuracy": acc, "val_nfe": sum(r.nfe for r in results) / n}
+
+
+def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world: int) -> dict:
+    try:
+        git = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], capture_output=True,
+                             text=True, check=False)
+        commit = git.stdout.strip() if git.returncode == 0 else None
+    except OSError:
+        commit = None
+    return {
+        "name": args.name or args.out.name,
+        "model": {"name": Path(model_dir).name, "fingerprint": model_fingerprint(model_dir)},
+        "gen_length": args.gen_length, "block_length": block_length, "alpha": args.alpha,
+        "default": args.default,
+        "training": {
+            "command": "unmaskd train-policy " + " ".join(argv),
+            "data": "tasks.arithmetic train split", "iterations": args.iterations,
+            "group_size": args.group_size, "prompts_per_step": args.prompts_per_step,
+            "world_size": world, "lr": args.lr, "mu": args.mu, "clip": args.clip,
+            "seed": args.seed, "commit": commit,
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The `unmaskd` command: generate, eval, serve, train-dllm, train-policy.
+
+    unmaskd generate --prompt "Question: Ava has 3 apples. She buys 4 more apples. \\
+        How many apples does Ava have now?\\nAnswer:"
+    unmaskd eval --split test --n 500 --sampler threshold:threshold=0.7|0.9
+    unmaskd serve --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dllm import EMBEDDED_MODEL_DIR
+
+
+def _engine(args):
+    import torch
+
+    from server.engine import Engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return Engine.from_dir(args.model, device=args.device, mask_token_id=args.mask_token_id,
+                           default_gen_length=args.default_gen_length)
+
+
+def _add_model_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", type=Path, default=EMBEDDED_MODEL_DIR,
+                    help="LLaDA-format checkpoint folder (default: the embedded model)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mask-token-id", type=int, default=None,
+                    help="override config.json's mask_token_id (LLaDA-8B: 126336)")
+    ap.add_argument("--default-gen-length", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
+
+def _param(text: str) -> tuple[str, object]:
+    from server.evaluate import _value
+
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {text!r}")
+    return key, _value(value)
+
+
+def cmd_generate(argv: list[str]) -> int:
+    from server.sequence import GenerationRequest, InvalidRequest
+
+    ap = argparse.ArgumentParser(prog="unmaskd generate")
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--sampler", default="topk_confidence")
+    ap.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--gen-length", type=int)
+    ap.add_argument("--block-length", type=int)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-at-eos", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the full result object")
+    ap.add_argument("--show-steps", action="store_true", help="print the canvas after each step")
+    _add_model_args(ap)
+    args = ap.parse_args(argv)
+    engine = _engine(args)
+    prompt = args.prompt.replace("\\n", "\n")
+    req = GenerationRequest(
+        prompt_ids=engine.tokenizer(prompt)["input_ids"], sampler=args.sampler,
+        sampler_params=dict(args.param), gen_length=args.gen_length,
+        block_length=args.block_length, steps=args.steps, temperature=args.temperature,
+        seed=args.seed, stop_at_eos=args.stop_at_eos, watch=args.show_steps)
+
+    def show(report) -> None:
+        for ev in report.events:
+            print(f"step {ev.nfe:3d} +{len(ev.committed):2d} | {render_canvas(engine, ev.canvas)}")
+
+    try:
+        (result,) = engine.generate([req], on_step=show if args.show_steps else None)
+    except InvalidRequest as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"sampler": args.sampler, **result.to_dict()}))
+    else:
+        print(result.text)
+        print(f"[{result.nfe} steps, {result.tokens_per_step:.2f} tokens/step]", file=sys.stderr)
+    return 0
+
+
+def render_canvas(engine, canvas: list[int], mask_glyph: str = "░") -> str:
+    """The canvas as text with undecided positions shown as a glyph, one per token."""
+    pieces = [mask_glyph if t == engine.mask_id else engine.tokenizer.decode([t])
+              for t in canvas]
+    eos_text = engine.tokenizer.decode([engine.eos_id])
+    return "".join("·" if p == eos_text else p for p in pieces).replace("\n", "⏎")
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from server.evaluate import run_eval
+    from server.sequence import InvalidRequest
+
+    ap = argparse.ArgumentParser(prog="unmaskd eval")
+    ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--sampler", action="append", required=True, metavar="SPEC",
+                    help="name or name:key=value,key=v1|v2 (a sweep); repeatable")
+    ap.add_argument("--block-length", default=None, help="N or 'full' (default: gen length / 4)")
+    ap.add_argument("--gen-length", type=int)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--plot", type=Path)
+    _add_model_args(ap)
+    args = ap.parse_args(argv)
+    engine = _engine(args)
+    gen_length = args.gen_length or engine.default_gen_length
+    block = args.block_length
+    block_length = gen_length if block == "full" else (int(block) if block else None)
+    try:
+        run_eval(engine, args.split, args.n, args.sampler, block_length, args.gen_length,
+                 args.json, args.plot, args.batch_size)
+    except InvalidRequest as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {
+        "generate": cmd_generate,
+        "eval": cmd_eval,
+        "serve": lambda a: __import__("server.app", fromlist=["serve_main"]).serve_main(a),
+        "train-dllm": lambda a: __import__("dllm.train", fromlist=["main"]).main(a),
+        "train-policy": lambda a: __import__("sampler_plugins.policy_trainer",
+                                             fromlist=["main"]).main(a),
+    }
+    if not argv or argv[0] not in commands:
+        print(__doc__.strip() + "\n\ncommands: " + ", ".join(commands), file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return commands[argv[0]](argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

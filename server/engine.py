@@ -1,0 +1,323 @@
+"""The decoding engine: masked-diffusion decoding with the unmasking choice delegated to samplers.
+
+    engine = Engine.from_dir(model_dir)
+    results = engine.generate([GenerationRequest(prompt_ids=ids, sampler="threshold")])
+
+This is the project's one decoding loop: the CLI, the offline eval, the server's continuous
+batching and the learned policy's rollouts all call `Engine.step()`. One step for the batch:
+one dLLM forward over [prompt | canvas] rows; confidence statistics of each row's current block
+(or whole canvas, for samplers that look at it) through `kernels.confidence_stats`; each sampler
+group picks positions; the engine enforces the invariants and commits; blocks advance; finished
+rows retire. The only host synchronisation per step is the small status read that retires rows.
+
+Layout: rows are left-padded so every prompt ends at column P; canvases start at P and are
+right-padded to the widest canvas. Padding is masked out of attention and positions count real
+tokens only, so a row's logits do not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kernels import confidence_stats
+from sampler_plugins import Sampler, StepView
+from server.sequence import (
+    GenerationRequest,
+    InvalidRequest,
+    SequenceResult,
+    ValidatedRequest,
+    validate,
+)
+
+_MIX = 0x100000001B3  # FNV-64 prime: cheap wrapping int64 mix for RNG keys
+
+
+def mix(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
+    return (a * _MIX) ^ b
+
+
+@dataclass
+class Sequence:
+    """One request's state. Its canvas lives in the batch tensors while it is active."""
+
+    id: int
+    vr: ValidatedRequest
+    canvas: torch.Tensor  # [gen_length] long, current tokens (mask where undecided)
+    trace: torch.Tensor  # [gen_length] long, commit step per position, -1 while masked
+    block: int = 0
+    step_in_block: int = 0
+    nfe: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    state: dict = field(default_factory=dict)  # the sampler's per-sequence state
+    cancelled: bool = False
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.vr.request.prompt_ids
+
+
+@dataclass
+class StepEvent:
+    """What one step did to a watched sequence (for streaming and --show-steps)."""
+
+    request_id: int
+    nfe: int
+    committed: list[int]  # canvas positions committed in this step
+    canvas: list[int]
+
+
+@dataclass
+class StepReport:
+    finished: list[SequenceResult]
+    events: list[StepEvent]
+    batch_size: int
+    forward_s: float
+    sampler_s: float
+
+
+class Engine:
+    def __init__(self, model, tokenizer, default_gen_length: int = 48,
+                 device: str | torch.device = "cpu"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = model.config
+        self.device = torch.device(device)
+        self.default_gen_length = default_gen_length
+        self.mask_id = self.cfg.mask_token_id
+        self.eos_id = self.cfg.eos_token_id
+        self.active: list[Sequence] = []
+        self._next_id = 0
+        self._dirty = True  # batch membership changed: rebuild batch tensors
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu", dtype=torch.float32,
+                 mask_token_id: int | None = None, default_gen_length: int = 48) -> Engine:
+        from dllm.checkpoint import load_dllm
+
+        model, tokenizer = load_dllm(model_dir, dtype=dtype, device=device,
+                                     mask_token_id=mask_token_id)
+        return cls(model, tokenizer, default_gen_length, device)
+
+    # ---- requests in and out ------------------------------------------------------------
+    def validate(self, req: GenerationRequest) -> ValidatedRequest:
+        return validate(req, self.default_gen_length, self.cfg.max_sequence_length,
+                        self.cfg.vocab_size)
+
+    def add(self, req: GenerationRequest | ValidatedRequest) -> int:
+        vr = req if isinstance(req, ValidatedRequest) else self.validate(req)
+        L = vr.gen_length
+        seq = Sequence(self._next_id, vr,
+                       canvas=torch.full((L,), self.mask_id, dtype=torch.long),
+                       trace=torch.full((L,), -1, dtype=torch.long))
+        self._next_id += 1
+        self.active.append(seq)
+        self._dirty = True
+        return seq.id
+
+    def cancel(self, request_id: int) -> None:
+        """Retire a request at the next step (its result has finish_reason 'cancelled')."""
+        for seq in self.active:
+            if seq.id == request_id:
+                seq.cancelled = True
+
+    def generate(self, requests: list[GenerationRequest], max_batch_size: int = 256,
+                 on_step=None) -> list[SequenceResult]:
+        """Run requests to completion with continuous batching; results in request order."""
+        validated = [self.validate(r) for r in requests]  # all errors before any work
+        pending = list(enumerate(validated))
+        ids: dict[int, int] = {}
+        results: dict[int, SequenceResult] = {}
+        while pending or self.active:
+            while pending and len(self.active) < max_batch_size:
+                i, vr = pending.pop(0)
+                ids[self.add(vr)] = i
+            report = self.step()
+            if on_step is not None:
+                on_step(report)
+            for res in report.finished:
+                results[ids[res.request_id]] = res
+        return [results[i] for i in range(len(requests))]
+
+    # ---- the batch ----------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        seqs = self.active
+        dev = self.device
+        P = max(len(s.prompt_ids) for s in seqs)
+        W = max(s.vr.gen_length for s in seqs)
+        B = len(seqs)
+        ids = torch.full((B, P + W), self.eos_id, dtype=torch.long)
+        attn = torch.zeros((B, P + W), dtype=torch.bool)
+        valid = torch.zeros((B, W), dtype=torch.bool)
+        trace = torch.full((B, W), -1, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            p, L = s.prompt_ids, s.vr.gen_length
+            ids[b, P - len(p): P] = torch.tensor(p)
+            ids[b, P: P + L] = s.canvas
+            attn[b, P - len(p): P + L] = True
+            valid[b, :L] = True
+            trace[b, :L] = s.trace
+        self.P, self.W = P, W
+        self.ids, self.attn, self.valid = ids.to(dev), attn.to(dev), valid.to(dev)
+        self.trace = trace.to(dev)
+        temps = [s.vr.request.temperature for s in seqs]
+        self.temperature = torch.tensor(temps, device=dev)
+        self.any_sampling = any(t > 0 for t in temps)
+        self.seed_keys = torch.tensor([s.vr.request.seed for s in seqs], dtype=torch.long,
+                                      device=dev)
+        self.block_len = torch.tensor([s.vr.block_length for s in seqs], device=dev)
+        self.steps_per_block = torch.tensor(
+            [s.vr.steps // (s.vr.gen_length // s.vr.block_length) for s in seqs], device=dev)
+        self.gen_len = torch.tensor([s.vr.gen_length for s in seqs], device=dev)
+        self.stop_at_eos = torch.tensor([s.vr.request.stop_at_eos for s in seqs], device=dev)
+        self.block_len_host, self.valid_host = self.block_len.cpu(), valid
+        self.full_canvas_host = torch.tensor([s.vr.sampler_cls.full_canvas for s in seqs])
+        # Sampler groups: rows sharing a sampler class, with their params stacked once.
+        groups: dict[type[Sampler], list[int]] = {}
+        for b, s in enumerate(seqs):
+            groups.setdefault(s.vr.sampler_cls, []).append(b)
+        self.groups = [(cls(
+            [seqs[b].vr.params for b in rows], dev), torch.tensor(rows, device=dev), rows)
+            for cls, rows in groups.items()]
+        self._dirty = False
+
+    def _sync_out(self) -> None:
+        """Copy the batch's canvases back into the sequences before membership changes."""
+        canvas = self.ids[:, self.P:].cpu()
+        trace = self.trace.cpu()
+        for b, s in enumerate(self.active):
+            L = s.vr.gen_length
+            s.canvas, s.trace = canvas[b, :L].clone(), trace[b, :L].clone()
+
+    # ---- one denoising step -------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> StepReport:
+        if self._dirty:
+            self._rebuild()
+        seqs, P, W, dev = self.active, self.P, self.W, self.device
+        B = len(seqs)
+        t0 = time.perf_counter()
+        logits = self.model(self.ids, self.attn)[:, P:]  # [B, W, V]
+        canvas = self.ids[:, P:]
+        masked = (canvas == self.mask_id) & self.valid
+        # Block bookkeeping is host-side (updated by the previous step's status read), so the
+        # rows to gather are known without asking the device: the current block, or the whole
+        # canvas for samplers that look at it.
+        block = torch.tensor([s.block for s in seqs])
+        step_in_block = torch.tensor([s.step_in_block for s in seqs]).to(dev)
+        nfe = torch.tensor([s.nfe for s in seqs]).to(dev)
+        col = torch.arange(W)
+        block_start = (block * self.block_len_host)[:, None]
+        in_block_host = (col >= block_start) & (col < block_start + self.block_len_host[:, None])
+        wanted = in_block_host | (self.full_canvas_host[:, None] & self.valid_host)
+        rows, cols = (i.to(dev) for i in wanted.nonzero(as_tuple=True))
+        in_block = in_block_host.to(dev)
+        candidate = masked & in_block
+        step_keys = mix(mix(self.seed_keys, nfe), 0x2545F491)  # per request and step
+        stats = confidence_stats(
+            logits[rows, cols],
+            temperature=self.temperature[rows] if self.any_sampling else 0.0,
+            seeds=mix(step_keys[rows], cols), exclude_token_id=self.mask_id)
+        t1 = time.perf_counter()
+        grid = {}
+        for name in ("token", "prob", "top1", "top2", "entropy"):
+            value = getattr(stats, name)
+            g = torch.zeros((B, W), dtype=value.dtype, device=dev)
+            g[rows, cols] = value
+            grid[name] = g
+        commit = torch.zeros((B, W), dtype=torch.bool, device=dev)
+        for sampler, row_idx, row_list in self.groups:
+            view = StepView(
+                **{k: v[row_idx] for k, v in grid.items()}, candidate=candidate[row_idx],
+                masked=masked[row_idx], in_block=in_block[row_idx],
+                valid=self.valid[row_idx], step_in_block=step_in_block[row_idx],
+                steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
+                gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
+                probs=(self._probs(logits[row_idx]) if sampler.needs_probs else None),
+                states=[seqs[b].state for b in row_list])
+            commit[row_idx] = sampler.select(view).to(torch.bool)
+        t2 = time.perf_counter()
+        commit = self._enforce(commit, candidate, grid["prob"], step_in_block)
+        canvas = torch.where(commit, grid["token"], canvas)
+        self.trace = torch.where(commit, nfe[:, None], self.trace)
+        canvas, eos_done = self._stop_at_eos(canvas, nfe)
+        self.ids[:, P:] = canvas
+        masked = (canvas == self.mask_id) & self.valid
+        block_done = ~(masked & in_block).any(-1)
+        all_done = ~masked.any(-1) | eos_done
+        watched = [b for b, s in enumerate(seqs) if s.vr.request.watch]
+        # The one host synchronisation of the step.
+        status = torch.stack([block_done, all_done], -1).cpu().tolist()
+        events = []
+        if watched:
+            commit_host, canvas_host = commit[watched].cpu(), canvas[watched].cpu()
+            for i, b in enumerate(watched):
+                L = seqs[b].vr.gen_length
+                events.append(StepEvent(seqs[b].id, seqs[b].nfe + 1,
+                                        commit_host[i, :L].nonzero().flatten().tolist(),
+                                        canvas_host[i, :L].tolist()))
+        finished = []
+        for s, (bdone, done) in zip(seqs, status):
+            s.nfe += 1
+            s.step_in_block += 1
+            if bdone:
+                s.block, s.step_in_block = s.block + 1, 0
+            if done or s.cancelled:
+                finished.append(s)
+        if finished:
+            self._sync_out()
+            self.active = [s for s in seqs if s not in finished]
+            self._dirty = True
+        return StepReport([self._result(s) for s in finished], events, B, t1 - t0, t2 - t1)
+
+    def _enforce(self, commit, candidate, prob, step_in_block) -> torch.Tensor:
+        """The invariants, whatever the sampler returned."""
+        commit = commit & candidate
+        # At least one per step: the most confident candidate.
+        best = prob.masked_fill(~candidate, -1.0).argmax(-1, keepdim=True)
+        none = ~commit.any(-1, keepdim=True) & candidate.any(-1, keepdim=True)
+        commit = commit | (none & torch.zeros_like(commit).scatter_(-1, best, True))
+        # Last allowed step of the block: commit everything left in it.
+        last = (step_in_block + 1 >= self.steps_per_block)[:, None]
+        return commit | (last & candidate)
+
+    def _stop_at_eos(self, canvas, nfe):
+        """With stop_at_eos, once everything before the first committed EOS is decided, the
+        rest of the canvas becomes EOS and the row is done."""
+        W = canvas.shape[1]
+        col = torch.arange(W, device=canvas.device)
+        is_eos = (canvas == self.eos_id) & self.valid
+        first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), W)[:, None]
+        undecided = (canvas == self.mask_id) & self.valid
+        prefix_done = ~(undecided & (col < first)).any(-1) & is_eos.any(-1)
+        done = prefix_done & self.stop_at_eos
+        fill = done[:, None] & undecided
+        self.trace = torch.where(fill, nfe[:, None], self.trace)
+        return torch.where(fill, self.eos_id, canvas), done
+
+    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        logits[..., self.mask_id] = float("-inf")
+        return logits.softmax(-1)
+
+    def _result(self, s: Sequence) -> SequenceResult:
+        tokens = s.canvas.tolist()
+        end = tokens.index(self.eos_id) if self.eos_id in tokens else len(tokens)
+        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=False)
+        trace = s.trace.tolist()
+        counts = [0] * s.nfe
+        for t in trace:
+            if t >= 0:
+                counts[t] += 1
+        reason = "cancelled" if s.cancelled else ("stop" if end < len(tokens) else "length")
+        return SequenceResult(
+            request_id=s.id, text=text, token_ids=tokens, nfe=s.nfe,
+            tokens_per_step=sum(counts) / max(1, s.nfe), step_counts=counts, trace=trace,
+            wall_s=time.perf_counter() - s.started, finish_reason=reason,
+            gen_length=s.vr.gen_length, sampler_state=s.state)
+
+
+__all__ = ["Engine", "GenerationRequest", "InvalidRequest", "SequenceResult", "StepReport"]

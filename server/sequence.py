@@ -1,0 +1,122 @@
+"""What a generation request is, how it is validated, and what it returns.
+
+Validation raises one error type, `InvalidRequest(field, message)`, which the HTTP layer maps to
+422 naming the field; the CLI prints it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import ValidationError
+
+from sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
+
+
+class InvalidRequest(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    sampler: str = "topk_confidence"
+    sampler_params: dict = field(default_factory=dict)
+    gen_length: int | None = None  # None: the engine's default canvas
+    block_length: int | None = None  # None: gen_length / 4
+    steps: int | None = None  # None: gen_length (a cap for adaptive samplers)
+    temperature: float = 0.0
+    seed: int = 0
+    stop_at_eos: bool = False
+    watch: bool = False  # report committed positions every step (streaming, --show-steps)
+
+
+@dataclass
+class SequenceResult:
+    request_id: int
+    text: str
+    token_ids: list[int]  # the whole answer canvas, EOS padding included
+    nfe: int
+    tokens_per_step: float
+    step_counts: list[int]  # tokens committed at each step
+    trace: list[int]  # for every canvas position, the step (0-based) that committed it
+    wall_s: float
+    finish_reason: str  # "stop" (EOS in the canvas), "length" (canvas full), "cancelled"
+    gen_length: int = 0
+    sampler_state: dict = field(default_factory=dict, repr=False)  # e.g. policy rollout records
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text, "token_ids": self.token_ids, "nfe": self.nfe,
+            "tokens_per_step": round(self.tokens_per_step, 4), "step_counts": self.step_counts,
+            "trace": self.trace, "wall_s": round(self.wall_s, 4),
+            "finish_reason": self.finish_reason,
+        }
+
+
+@dataclass
+class ValidatedRequest:
+    request: GenerationRequest
+    sampler_cls: type[Sampler]
+    params: SamplerParams
+    gen_length: int
+    block_length: int
+    steps: int
+
+
+def parse_sampler_params(sampler: str, raw: dict) -> tuple[type[Sampler], SamplerParams]:
+    cls = get_sampler(sampler)
+    if cls is None:
+        raise InvalidRequest("sampler", f"unknown sampler {sampler!r}; registered: "
+                             f"{sorted(registered_samplers())}")
+    try:
+        return cls, cls.Params(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "sampler_params"
+        raise InvalidRequest(f"sampler_params.{name}", err["msg"]) from None
+
+
+def validate(req: GenerationRequest, default_gen_length: int, max_sequence_length: int,
+             vocab_size: int) -> ValidatedRequest:
+    if not req.prompt_ids:
+        raise InvalidRequest("prompt", "must not be empty")
+    if any(not 0 <= t < vocab_size for t in req.prompt_ids):
+        raise InvalidRequest("prompt", f"token ids must be in [0, {vocab_size})")
+    gen_length = req.gen_length if req.gen_length is not None else default_gen_length
+    if gen_length < 1:
+        raise InvalidRequest("gen_length", "must be >= 1")
+    room = max_sequence_length - len(req.prompt_ids)
+    if room < 1:
+        raise InvalidRequest("prompt", f"is {len(req.prompt_ids)} tokens; the model's limit is "
+                             f"{max_sequence_length} tokens for prompt + answer")
+    if gen_length > room:
+        raise InvalidRequest("gen_length", f"{gen_length} does not fit: prompt is "
+                             f"{len(req.prompt_ids)} tokens, model limit {max_sequence_length}")
+    block_length = req.block_length if req.block_length is not None else max(1, gen_length // 4)
+    if block_length < 1 or gen_length % block_length:
+        raise InvalidRequest("block_length", f"{block_length} must divide gen_length "
+                             f"{gen_length}")
+    n_blocks = gen_length // block_length
+    steps = req.steps if req.steps is not None else gen_length
+    if steps < n_blocks or steps % n_blocks or steps > gen_length:
+        raise InvalidRequest("steps", f"{steps} must be a multiple of the number of blocks "
+                             f"({n_blocks}) and at most gen_length ({gen_length})")
+    if not 0.0 <= req.temperature <= 100.0:
+        raise InvalidRequest("temperature", "must be in [0, 100]")
+    cls, params = parse_sampler_params(req.sampler, req.sampler_params)
+    params = cls.finalize(params, gen_length, block_length)
+    return ValidatedRequest(req, cls, params, gen_length, block_length, steps)
+
+
+def mix_seed(*parts: int | torch.Tensor) -> torch.Tensor | int:
+    """Combine integers into one int64 RNG key (a 64-bit multiplicative mix, wrapping)."""
+    key = 0x51ED270B
+    for part in parts:
+        key = (key * 0x100000001B3) ^ part
+        key = key & 0x7FFFFFFFFFFFFFFF if isinstance(key, int) else key
+    return key
