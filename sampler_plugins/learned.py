@@ -22,8 +22,9 @@ from sampler_plugins.policy_store import STORE, device_of
 
 
 class LearnedParams(SamplerParams):
-    policy: str | None = Field(None, description="policy name; default: the one trained for "
-                                                 "the request's block length")
+    policy: str | None = Field(None, validate_default=True,
+                               description="policy name; default: the one trained for the "
+                                           "request's block length")
     mode: Literal["bernoulli", "bernoulli-argmax"] = "bernoulli-argmax"
     policy_temperature: float = Field(1.0, gt=0.0, le=100.0, description="tau_pi")
     beta: float = Field(1.0, gt=0.0, le=1000.0, description="s -> min(1, beta * s)")

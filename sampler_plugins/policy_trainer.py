@@ -179,8 +179,8 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             if steps:
                 loss = grpo_loss(model, steps, torch.tensor(step_adv, device=args.device),
                                  args.clip)
-            else:  # nothing to learn on this rank; still join the all-reduce
-                loss = sum(p.sum() for p in model.parameters()) * 0.0
+            else:  # nothing to learn on this rank; a zero loss still joins the all-reduce
+                loss = model(*dummy_inputs(net, args.device)).sum() * 0.0
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
@@ -225,6 +225,12 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         dist.destroy_process_group()
     STORE.remove(TRAIN_POLICY)
     return out / "policy"
+
+
+def dummy_inputs(net: PolicyNet, device: str) -> tuple[torch.Tensor, ...]:
+    ones = torch.ones(1, 1, dtype=torch.bool, device=device)
+    feats = torch.zeros(1, 1, len(net.features), device=device)
+    return feats, ones, torch.zeros(1, device=device), ones
 
 
 def _mean_unmask_prob(net, steps: list[dict]) -> float:

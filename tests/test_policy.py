@@ -1,0 +1,173 @@
+"""The learned policy: network, likelihood, files, sampler, and its GRPO trainer."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sampler_plugins.policy_net import PolicyNet, bernoulli_log_prob, unmask_probs
+from sampler_plugins.policy_store import (
+    STORE,
+    Policy,
+    PolicyError,
+    load_policy,
+    model_fingerprint,
+    save_policy,
+)
+from server.sequence import GenerationRequest, InvalidRequest
+
+
+def test_network_size_and_initial_unmask_probability():
+    net = PolicyNet()
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 250_000 < n_params < 400_000  # the paper's ~300K
+    logits = net(torch.rand(2, 10, 1), torch.ones(2, 10, dtype=torch.bool), torch.rand(2),
+                 torch.ones(2, 10, dtype=torch.bool))
+    torch.testing.assert_close(torch.sigmoid(logits), torch.full((2, 10), 0.11920292))
+
+
+def test_log_likelihood_matches_hand_computation():
+    s = torch.tensor([[0.2, 0.5, 0.9, 0.7]])
+    action = torch.tensor([[True, False, True, True]])
+    decide = torch.tensor([[True, True, True, False]])  # last position is not decided
+    expected = torch.log(torch.tensor(0.2)) + torch.log(torch.tensor(0.5)) + \
+        torch.log(torch.tensor(0.9))
+    torch.testing.assert_close(bernoulli_log_prob(s, action, decide), expected.reshape(1))
+    # beta-scaling and temperature: s = min(1, beta * sigmoid(b / tau))
+    b = torch.tensor([0.0, 2.0])
+    sig1 = torch.sigmoid(torch.tensor(1.0)).item()
+    expected = torch.tensor([min(1.0, 3 * 0.5), min(1.0, 3 * sig1)])
+    torch.testing.assert_close(unmask_probs(b, 2.0, 3.0), expected)
+
+
+@pytest.fixture
+def shipped_like_policy(tiny_model_dir, tmp_path):
+    net = PolicyNet(("confidence", "margin"))
+    meta = {"name": "p", "block_length": 4, "gen_length": 16, "alpha": 1.0,
+            "model": {"name": "tiny", "fingerprint": model_fingerprint(tiny_model_dir)}}
+    save_policy(net, tmp_path / "p", meta)
+    return tmp_path / "p"
+
+
+def test_policy_files_round_trip_and_refusals(shipped_like_policy, tiny_model_dir):
+    fp = model_fingerprint(tiny_model_dir)
+    policy = load_policy(shipped_like_policy, fp)
+    assert policy.net.features == ("confidence", "margin")
+    with pytest.raises(PolicyError, match="trained for"):
+        load_policy(shipped_like_policy, "0123456789abcdef")
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(shipped_like_policy / "policy.safetensors"))
+    state["input.weight"] = torch.zeros(128, 3)  # wrong shape
+    save_file(state, str(shipped_like_policy / "policy.safetensors"))
+    with pytest.raises(PolicyError, match="do not match"):
+        load_policy(shipped_like_policy, fp)
+    meta = json.loads((shipped_like_policy / "policy.json").read_text())
+    meta["architecture"]["features"] = ["confidence", "bogus"]
+    (shipped_like_policy / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(PolicyError, match="malformed"):
+        load_policy(shipped_like_policy, fp)
+
+
+def test_learned_sampler_end_to_end(tiny_engine, shipped_like_policy, tiny_model_dir):
+    STORE.add(load_policy(shipped_like_policy, model_fingerprint(tiny_model_dir)))
+    try:
+        ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+        # bernoulli-argmax never commits zero positions, even with a tiny beta
+        (r,) = tiny_engine.generate([GenerationRequest(
+            ids, "learned", {"beta": 0.001}, gen_length=16, block_length=4, steps=16)])
+        assert r.nfe == 16 and min(r.step_counts) == 1
+        (fast,) = tiny_engine.generate([GenerationRequest(
+            ids, "learned", {"beta": 100.0}, gen_length=16, block_length=4, steps=16)])
+        assert fast.nfe == 4  # everything in the block at once
+        vr = tiny_engine.validate(GenerationRequest(ids, "learned", gen_length=16,
+                                                    block_length=16))
+        assert vr.params.policy == "p"  # the closest block length is the only one
+        with pytest.raises(InvalidRequest, match="unknown policy"):
+            tiny_engine.validate(GenerationRequest(ids, "learned", {"policy": "nope"}))
+        with pytest.raises(InvalidRequest, match="sampler_params.beta"):
+            tiny_engine.validate(GenerationRequest(ids, "learned", {"beta": 0}))
+    finally:
+        STORE.remove("p")
+    with pytest.raises(InvalidRequest, match="no learned policy"):
+        tiny_engine.validate(GenerationRequest(ids, "learned"))
+
+
+def test_default_policy_picks_closest_block_then_default_alpha():
+    from sampler_plugins.policy_store import PolicyStore
+
+    store = PolicyStore()
+    for name, bl, alpha, default in [("b4a1", 4, 1.0, False), ("b4a3", 4, 3.0, True),
+                                     ("full", 16, 1.0, False)]:
+        store.add(Policy(name, PolicyNet(), {"block_length": bl, "alpha": alpha,
+                                              "default": default}))
+    assert store.default_for(4) == "b4a3"
+    assert store.default_for(6) == "b4a3"
+    assert store.default_for(12) == "full"
+
+
+def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
+    """Reward only for finishing fast: the optimum (commit everything at once) is known."""
+    from sampler_plugins.policy_trainer import train
+
+    def toy_reward(result, problem, gen_length):
+        return 1.0 - result.nfe / gen_length
+
+    train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "16",
+           "--block-length", "full", "--iterations", "12", "--prompts-per-step", "4",
+           "--group-size", "8", "--lr", "0.02", "--warmup", "1", "--grad-clip", "1.0",
+           "--ckpt-every", "4"], reward_fn=toy_reward)
+    log = [json.loads(ln) for ln in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    first, last = log[:3], log[-3:]
+    assert sum(r["reward"] for r in last) / 3 > sum(r["reward"] for r in first) / 3 + 0.15
+    assert sum(r["nfe"] for r in last) < sum(r["nfe"] for r in first)
+    meta = json.loads((tmp_path / "run/policy/policy.json").read_text())
+    assert meta["model"]["fingerprint"] == model_fingerprint(tiny_model_dir)
+    assert meta["training"]["iterations_done"] == 12
+
+
+def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from sampler_plugins.policy_trainer import train
+
+    common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--block-length", "4",
+              "--prompts-per-step", "2", "--group-size", "4", "--ckpt-every", "2",
+              "--lr", "0.01"]
+    train(common + ["--out", str(tmp_path / "a"), "--iterations", "4"])
+    train(common + ["--out", str(tmp_path / "b"), "--iterations", "2"])
+    # resume the same run to 4 iterations: the schedule is a function of --iterations
+    ckpt = torch.load(tmp_path / "b/ckpt.pt", weights_only=True)
+    assert ckpt["iteration"] == 2
+    train(common + ["--out", str(tmp_path / "c"), "--iterations", "4"])
+    a = load_file(str(tmp_path / "a/policy/policy.safetensors"))
+    c = load_file(str(tmp_path / "c/policy/policy.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)  # seed-deterministic on CPU
+
+
+def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_path):
+    """DDP over gloo: each rank rolls out its own prompts (different rewards, so different
+    local gradients); after all-reduce the ranks must hold identical weights."""
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "import sys\n"
+        "from sampler_plugins.policy_trainer import train\n"
+        "train(sys.argv[1:], reward_fn=lambda r, p, L: 1.0 - r.nfe / L)\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+           "--model", str(tiny_model_dir), "--out", str(tmp_path / "ddp"), "--gen-length", "8",
+           "--block-length", "4", "--iterations", "3", "--prompts-per-step", "2",
+           "--group-size", "4", "--lr", "0.01", "--threads", "1"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(ln) for ln in (tmp_path / "ddp/log.jsonl").read_text().splitlines()]
+    checksums = lines[-1]["rank_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    assert lines[-2]["iteration"] == 3 and lines[-2]["zero_advantage"] < 1.0
