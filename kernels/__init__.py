@@ -1,8 +1,13 @@
 """Confidence statistics for masked-diffusion decoding: one fused pass over the logits.
 
-    stats = confidence_stats(logits, temperature=0.0, seeds=None, exclude_token_id=None)
+    stats = confidence_stats(logits, temperature=0.0, seeds=None, exclude_token_id=None,
+                             policy_input=None)
 
 See reference.py for the exact definition of every output and of the Gumbel noise.
+policy_input=(weight [width, F], bias [width] or None, features) also returns, as
+stats.embedding (fp32 [N, width]; None without policy_input), the learned policy's input layer
+applied to the row's features (confidence / margin / entropy), computed by the same launch from
+its own statistics: PolicyNet.forward_embedded reads it directly.
 Backend: the Triton kernel for CUDA tensors, the PyTorch reference otherwise. The env var
 UNMASKD_KERNEL=triton|torch (read at every call) forces one. Triton on CPU tensors runs in
 Triton's interpreter, which needs TRITON_INTERPRET=1 in the environment before
@@ -14,9 +19,16 @@ import os
 
 import torch
 
-from .reference import ConfidenceStats, confidence_stats_torch, empty_stats
+from .reference import (
+    POLICY_FEATURES,
+    ConfidenceStats,
+    PolicyInput,
+    check_policy_input,
+    confidence_stats_torch,
+    empty_stats,
+)
 
-__all__ = ["ConfidenceStats", "confidence_stats"]
+__all__ = ["POLICY_FEATURES", "ConfidenceStats", "PolicyInput", "confidence_stats"]
 
 
 def _triton_impl(forced: bool):
@@ -33,9 +45,12 @@ def _triton_impl(forced: bool):
 
 def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0.0,
                      seeds: torch.Tensor | None = None,
-                     exclude_token_id: int | None = None) -> ConfidenceStats:
+                     exclude_token_id: int | None = None,
+                     policy_input: PolicyInput | None = None) -> ConfidenceStats:
     """logits [N, V] (fp32/bf16/fp16); temperature: float or float tensor [N], T <= 0 is greedy;
-    seeds: int64 [N] per-row RNG keys, required if any T > 0. Returns ConfidenceStats of [N]."""
+    seeds: int64 [N] per-row RNG keys, required if any T > 0; policy_input: (weight [width, F],
+    bias [width] or None, feature names) of the policy's input Linear. Returns ConfidenceStats
+    of [N] (embedding: fp32 [N, width] if policy_input is given, else None)."""
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a float [N, V] tensor, got {logits.dtype} {logits.shape}")
     n, vocab = logits.shape
@@ -45,6 +60,10 @@ def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0
         raise ValueError(f"exclude_token_id {exclude_token_id} is outside [0, {vocab})")
     if seeds is not None and (seeds.shape != (n,) or seeds.is_floating_point()):
         raise ValueError(f"seeds must be an integer tensor of shape [{n}], got {seeds.shape}")
+    # Validated (and moved to logits.device as fp32) once here; the impls accept the result.
+    # Passed by keyword, and only when given, so the impls' older call form stays valid.
+    extra = {} if policy_input is None else {
+        "policy_input": check_policy_input(policy_input, logits.device)}
 
     # Normalise temperature to a float tensor [N], or None when every row is greedy.
     if isinstance(temperature, torch.Tensor):
@@ -64,7 +83,7 @@ def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0
     if temps is not None:
         seeds = seeds.to(device=logits.device, dtype=torch.int64)
     if n == 0:
-        return empty_stats(0, logits.device)
+        return empty_stats(0, logits.device, extra["policy_input"][0].shape[0] if extra else None)
 
     backend = os.environ.get("UNMASKD_KERNEL", "").lower()
     if backend not in ("", "triton", "torch"):
@@ -75,5 +94,5 @@ def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0
             if not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
                 raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1, set before "
                                    "kernels.triton_confidence is imported")
-            return impl(logits, temps, seeds, exclude_token_id)
-    return confidence_stats_torch(logits, temps, seeds, exclude_token_id)
+            return impl(logits, temps, seeds, exclude_token_id, **extra)
+    return confidence_stats_torch(logits, temps, seeds, exclude_token_id, **extra)

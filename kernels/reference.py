@@ -9,6 +9,11 @@ For each row x of logits [N, V] (after setting the excluded token to -inf):
 Ties go to the lowest index. A row with no finite entry gives token 0 and NaN statistics.
 Logits must be finite or -inf (+inf and NaN are not supported).
 
+Optional policy input embedding (policy_input=(weight [width, F], bias [width] or None,
+features)): embedding = F.linear(feats, weight, bias), fp32 [N, width], where feats [N, F]
+stacks, in the order of `features`, confidence = prob, margin = top1 - top2, entropy = entropy
+(the fp32 statistics above; the learned policy's first layer, sampler_plugins/learned.py).
+
 Gumbel noise: the ONE definition both paths implement (torch here, Triton in
 triton_confidence.py), so a seed gives the same token on either path and whatever other
 rows share the batch. All arithmetic is on uint32 (here int64 masked to 32 bits):
@@ -21,9 +26,11 @@ rows share the batch. All arithmetic is on uint32 (here int64 masked to 32 bits)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 M32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
@@ -36,6 +43,46 @@ class ConfidenceStats(NamedTuple):
     top1: torch.Tensor     # float32 [N]
     top2: torch.Tensor     # float32 [N]
     entropy: torch.Tensor  # float32 [N]
+    embedding: torch.Tensor | None = None  # float32 [N, width], only if policy_input is given
+
+
+POLICY_FEATURES = ("confidence", "margin", "entropy")  # the names a policy_input may use
+PolicyInput = tuple[torch.Tensor, torch.Tensor | None, Sequence[str]]
+
+
+def check_policy_input(policy_input: PolicyInput, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Validate (weight [width, F], bias [width] or None, features); return them as contiguous
+    float32 tensors on `device` (a zero bias if None) and a tuple of feature names."""
+    try:
+        weight, bias, features = policy_input
+    except (TypeError, ValueError) as err:
+        raise ValueError("policy_input must be (weight, bias, features)") from err
+    features = (features,) if isinstance(features, str) else tuple(features)
+    if not features or any(f not in POLICY_FEATURES for f in features):
+        raise ValueError(f"policy_input features must be names from {POLICY_FEATURES}, "
+                         f"got {features}")
+    if (not isinstance(weight, torch.Tensor) or weight.dim() != 2
+            or weight.shape[1] != len(features) or weight.shape[0] == 0):
+        raise ValueError(f"policy_input weight must be [width, {len(features)}] for features "
+                         f"{features}, got {getattr(weight, 'shape', type(weight))}")
+    width = weight.shape[0]
+    if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (width,)):
+        raise ValueError(f"policy_input bias must be None or [{width}], "
+                         f"got {getattr(bias, 'shape', type(bias))}")
+    weight = weight.detach().to(device=device, dtype=torch.float32).contiguous()
+    bias = (torch.zeros(width, device=device) if bias is None
+            else bias.detach().to(device=device, dtype=torch.float32).contiguous())
+    return weight, bias, features
+
+
+def policy_embedding(stats: ConfidenceStats, weight: torch.Tensor, bias: torch.Tensor,
+                     features: Sequence[str]) -> torch.Tensor:
+    """The reference embedding: F.linear over the stacked fp32 features."""
+    table = {"confidence": lambda: stats.prob, "margin": lambda: stats.top1 - stats.top2,
+             "entropy": lambda: stats.entropy}
+    feats = torch.stack([table[f]() for f in features], -1)
+    return F.linear(feats, weight, bias)
 
 
 def fmix32(h: torch.Tensor) -> torch.Tensor:
@@ -60,16 +107,20 @@ def gumbel_noise(seeds: torch.Tensor, vocab: int) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-def empty_stats(n: int, device: torch.device) -> ConfidenceStats:
+def empty_stats(n: int, device: torch.device, width: int | None = None) -> ConfidenceStats:
+    """Uninitialised outputs; with width, also an fp32 [n, width] embedding."""
     f = torch.empty(n, dtype=torch.float32, device=device)
+    emb = None if width is None else torch.empty(n, width, dtype=torch.float32, device=device)
     return ConfidenceStats(torch.empty(n, dtype=torch.int64, device=device), f, f.clone(),
-                           f.clone(), f.clone())
+                           f.clone(), f.clone(), emb)
 
 
 def confidence_stats_torch(logits: torch.Tensor, temperature: torch.Tensor | None,
                            seeds: torch.Tensor | None,
-                           exclude_token_id: int | None) -> ConfidenceStats:
-    """temperature: float [N] or None (greedy); seeds: int64 [N], needed if temperature is set."""
+                           exclude_token_id: int | None,
+                           policy_input: PolicyInput | None = None) -> ConfidenceStats:
+    """temperature: float [N] or None (greedy); seeds: int64 [N], needed if temperature is set;
+    policy_input: (weight, bias, features) to also return the policy's input embedding."""
     n, vocab = logits.shape
     out = empty_stats(n, logits.device)
     chunk = max(1, CHUNK_BYTES // (vocab * 8))
@@ -101,4 +152,7 @@ def confidence_stats_torch(logits: torch.Tensor, temperature: torch.Tensor | Non
         out.top1[r0:r1] = torch.where(empty, nan, top[:, 0])
         out.top2[r0:r1] = torch.where(empty, nan, top2)
         out.entropy[r0:r1] = torch.where(empty, nan, entropy)
+    if policy_input is not None:
+        weight, bias, features = check_policy_input(policy_input, logits.device)
+        out = out._replace(embedding=policy_embedding(out, weight, bias, features))
     return out

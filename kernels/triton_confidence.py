@@ -10,6 +10,10 @@ Lanes are merged once at the end, ties going to the lowest index as in torch.arg
 Per-lane state costs registers but needs one cross-lane reduction per chunk (its max; two
 more when sampling) instead of one per statistic.
 
+Optional epilogue (EMBED): the learned policy's input layer on the row's own statistics,
+embedding = bias + sum_f feat_f * weight[:, f] in fp32, written as [N, width] rows; it reads
+only the tiny weight (F <= 3 columns) and no logits.
+
 Under the interpreter (CPU tensors) TRITON_INTERPRET=1 must be set before this module is
 imported: triton.jit picks interpreted vs compiled at decoration time.
 """
@@ -20,7 +24,13 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .reference import ConfidenceStats, empty_stats
+from .reference import (
+    POLICY_FEATURES,
+    ConfidenceStats,
+    PolicyInput,
+    check_policy_input,
+    empty_stats,
+)
 
 BIG_INDEX = tl.constexpr(2**31 - 1)  # "no index yet"; larger than any column, so it loses every min
 G_MAX = tl.constexpr(17.0)  # strict upper bound on the fp32 Gumbel noise (it is <= 16.64)
@@ -52,11 +62,44 @@ def _gumbel(key, cols, PRECISE_LOG: tl.constexpr):
 
 
 @triton.jit
+def _feature(CODE: tl.constexpr, prob, top1, top2, entropy):
+    """One policy feature (codes: index in POLICY_FEATURES): confidence, margin, entropy."""
+    if CODE == 0:
+        return prob
+    elif CODE == 1:
+        return top1 - top2
+    else:
+        return entropy
+
+
+@triton.jit
+def _embed(w_ptr, b_ptr, emb_ptr, stride_e, rows, row_ok, WIDTH, f0, f1, f2,
+           NUM_FEATS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """emb[rows, :] = sum_f f_j * w[:, j] + b, weight [WIDTH, NUM_FEATS] contiguous (fp32)."""
+    e_rows = emb_ptr + rows.to(tl.int64)[:, None] * stride_e
+    for w0 in range(0, WIDTH, BLOCK_W):
+        wc = w0 + tl.arange(0, BLOCK_W)
+        w_ok = wc < WIDTH
+        w_col = w_ptr + wc * NUM_FEATS
+        # Same order as a GEMM then bias add: ((f0 w0 + f1 w1) + f2 w2) + b.
+        acc = f0[:, None] * tl.load(w_col, mask=w_ok, other=0.0)[None, :]
+        if NUM_FEATS > 1:
+            acc += f1[:, None] * tl.load(w_col + 1, mask=w_ok, other=0.0)[None, :]
+        if NUM_FEATS > 2:
+            acc += f2[:, None] * tl.load(w_col + 2, mask=w_ok, other=0.0)[None, :]
+        acc += tl.load(b_ptr + wc, mask=w_ok, other=0.0)[None, :]
+        tl.store(e_rows + wc[None, :], acc, mask=row_ok[:, None] & w_ok[None, :])
+
+
+@triton.jit
 def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
                        tok_ptr, prob_ptr, top1_ptr, top2_ptr, ent_ptr,
+                       w_ptr, b_ptr, emb_ptr, stride_e, WIDTH,
                        N, V, exclude,
                        SAMPLE: tl.constexpr, PRECISE_LOG: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                       EMBED: tl.constexpr, NUM_FEATS: tl.constexpr, FEAT0: tl.constexpr,
+                       FEAT1: tl.constexpr, FEAT2: tl.constexpr, BLOCK_W: tl.constexpr):
     NEG_INF: tl.constexpr = float("-inf")
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -144,11 +187,19 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
 
     empty = m == NEG_INF  # no finite logit: token 0, NaN statistics (as the reference)
     nan = float("nan")
+    prob = tl.where(empty, nan, tl.exp(x_tok - m_safe) * inv_z)
+    p1 = tl.where(empty, nan, inv_z)
+    p2 = tl.where(empty, nan, tl.exp(top2 - m_safe) * inv_z)
+    entropy = tl.where(empty, nan, entropy)
     tl.store(tok_ptr + rows, tl.where(empty, 0, token).to(tl.int64), mask=row_ok)
-    tl.store(prob_ptr + rows, tl.where(empty, nan, tl.exp(x_tok - m_safe) * inv_z), mask=row_ok)
-    tl.store(top1_ptr + rows, tl.where(empty, nan, inv_z), mask=row_ok)
-    tl.store(top2_ptr + rows, tl.where(empty, nan, tl.exp(top2 - m_safe) * inv_z), mask=row_ok)
-    tl.store(ent_ptr + rows, tl.where(empty, nan, entropy), mask=row_ok)
+    tl.store(prob_ptr + rows, prob, mask=row_ok)
+    tl.store(top1_ptr + rows, p1, mask=row_ok)
+    tl.store(top2_ptr + rows, p2, mask=row_ok)
+    tl.store(ent_ptr + rows, entropy, mask=row_ok)
+    if EMBED:  # from the values just stored, so it equals F.linear over them up to rounding
+        _embed(w_ptr, b_ptr, emb_ptr, stride_e, rows, row_ok, WIDTH,
+               _feature(FEAT0, prob, p1, p2, entropy), _feature(FEAT1, prob, p1, p2, entropy),
+               _feature(FEAT2, prob, p1, p2, entropy), NUM_FEATS, BLOCK_W)
 
 
 def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int]:
@@ -161,14 +212,32 @@ def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int]:
 def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | None,
                             seeds: torch.Tensor | None, exclude_token_id: int | None,
                             out: ConfidenceStats | None = None,
-                            config: tuple[int, int, int] | None = None) -> ConfidenceStats:
+                            config: tuple[int, int, int] | None = None,
+                            policy_input: PolicyInput | None = None) -> ConfidenceStats:
     """temperature: float32 [N] or None (greedy); seeds: int64 [N], needed if temperature is set.
-    out: optional preallocated outputs (tests pre-fill them with poison); config: see pick_config.
+    out: optional preallocated outputs (tests pre-fill them with poison; its embedding, if
+    policy_input is given, may be any [N, width] fp32 view with unit column stride);
+    config: see pick_config; policy_input: (weight [width, F], bias [width] or None, features)
+    adds the policy's input embedding (reference.py) in the same launch.
     """
     n, vocab = logits.shape
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    out = empty_stats(n, logits.device) if out is None else out
+    embed = policy_input is not None
+    if embed:
+        weight, bias, features = check_policy_input(policy_input, logits.device)
+        width = weight.shape[0]
+        codes = [POLICY_FEATURES.index(f) for f in features] + [0] * (3 - len(features))
+    if out is None:
+        out = empty_stats(n, logits.device, width if embed else None)
+    elif embed and out.embedding is None:
+        out = out._replace(embedding=torch.empty(n, width, device=logits.device))
+    if embed:
+        emb = out.embedding
+        if (emb.shape != (n, width) or emb.dtype != torch.float32 or emb.stride(1) != 1
+                or emb.device != logits.device):
+            raise ValueError(f"out.embedding must be float32 [{n}, {width}] with unit column "
+                             f"stride on {logits.device}")
     if n == 0:
         return out
     on_gpu = logits.device.type == "cuda"
@@ -182,7 +251,14 @@ def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | No
         logits, logits.stride(0),
         temperature if sample else logits, seeds if sample else logits,  # unused if not SAMPLE
         out.token, out.prob, out.top1, out.top2, out.entropy,
+        weight if embed else logits, bias if embed else logits,  # unused if not EMBED
+        emb if embed else logits, emb.stride(0) if embed else 0, width if embed else 0,
         n, vocab, exclude,
         SAMPLE=sample, PRECISE_LOG=on_gpu,
-        BLOCK_N=block_n, BLOCK_V=block_v, num_warps=num_warps)
+        BLOCK_N=block_n, BLOCK_V=block_v,
+        EMBED=embed, NUM_FEATS=len(features) if embed else 1,
+        FEAT0=codes[0] if embed else 0, FEAT1=codes[1] if embed else 0,
+        FEAT2=codes[2] if embed else 0,
+        BLOCK_W=min(triton.next_power_of_2(width), 128) if embed else 1,
+        num_warps=num_warps)
     return out

@@ -65,8 +65,14 @@ class PolicyNet(nn.Module):
                 valid: torch.Tensor) -> torch.Tensor:
         """feats [n, W, F], mask_bits [n, W] bool, t [n] in [0, 1], valid [n, W] bool
         -> logits [n, W] (one unmask logit per position)."""
-        n, W, _ = feats.shape
-        x = self.input(feats)
+        return self.forward_embedded(self.input(feats), mask_bits, t, valid)
+
+    def forward_embedded(self, x: torch.Tensor, mask_bits: torch.Tensor, t: torch.Tensor,
+                         valid: torch.Tensor) -> torch.Tensor:
+        """forward() after the input layer: x [n, W, width] = self.input(feats), e.g. the
+        embedding kernels.confidence_stats(..., policy_input=(self.input.weight,
+        self.input.bias, self.features)) computes in the same launch as the statistics."""
+        n, W, _ = x.shape
         cond = self.mask_embed(mask_bits.long()) + self.time_mlp(sinusoidal(t, self.width))[:, None]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(cond).chunk(6, -1)
         h = self.norm1(x) * (1 + scale1) + shift1

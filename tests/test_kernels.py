@@ -75,7 +75,7 @@ def poisoned(n: int) -> kernels.ConfidenceStats:
 
 def check_against_oracle(stats, logits, exclude, sampled=None):
     ref = oracle(logits, exclude)
-    assert (stats.token >= 0).all() and not any(t.isnan().any() for t in stats[1:])
+    assert (stats.token >= 0).all() and not any(t.isnan().any() for t in stats[1:5])
     if sampled is None:
         assert torch.equal(stats.token, ref["token"])
     else:  # greedy rows must still be argmax
@@ -155,8 +155,8 @@ def test_degenerate_rows(impl):
     one = impl(torch.tensor([[2.0], [NEG_INF]]), torch.tensor([1.0, 1.0]),
                torch.tensor([3, 4]), None)
     assert one.token.tolist() == [0, 0]
-    assert [t[0].item() for t in one[1:]] == [1.0, 1.0, 0.0, 0.0]
-    assert all(t[1].isnan() for t in one[1:])
+    assert [t[0].item() for t in one[1:5]] == [1.0, 1.0, 0.0, 0.0]
+    assert all(t[1].isnan() for t in one[1:5])
 
 
 def py_gumbel(seed: int, v: int) -> float:
@@ -283,3 +283,166 @@ def test_dispatcher_arguments():
     empty = kernels.confidence_stats(torch.randn(0, 10), 1.0, torch.zeros(0, dtype=torch.int64))
     assert empty.token.shape == (0,) and empty.token.dtype == torch.int64
     assert empty.entropy.dtype == torch.float32
+
+
+# ---- the policy's input embedding (policy_input=(weight, bias, features)) -------------------
+# Two tolerances. Against F.linear over the SAME path's fp32 statistics, the epilogue is the
+# same fp32 dot product up to summation order: rtol = atol = 1e-6. Between the Triton and the
+# torch paths the statistics themselves differ by up to PROB_TOL / ENT_TOL (margin: 2 PROB_TOL),
+# so |d embedding| <= sum_f max|W[:, f]| * tol_f, plus 1e-6 of rounding.
+from sampler_plugins.learned import policy_features  # noqa: E402
+from sampler_plugins.policy_net import PolicyNet  # noqa: E402
+
+EMB_TOL = 1e-6
+FEATURE_TOL = {"confidence": PROB_TOL, "margin": 2 * PROB_TOL, "entropy": ENT_TOL}
+FEATURE_SETS = [("confidence",), ("margin",), ("entropy", "confidence"),
+                ("confidence", "margin", "entropy"), ("entropy", "margin", "confidence")]
+
+
+def policy_layer(features, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(width, len(features), generator=gen),
+            torch.randn(width, generator=gen))
+
+
+def linear_of_stats(stats, weight, bias, features) -> torch.Tensor:
+    """F.linear over the features exactly as sampler_plugins.learned builds them."""
+    table = {"confidence": stats.prob, "margin": stats.top1 - stats.top2,
+             "entropy": stats.entropy}
+    feats = torch.stack([table[f].float() for f in features], -1)
+    return torch.nn.functional.linear(feats, weight, bias)
+
+
+def poisoned_with_embedding(n: int, width: int) -> kernels.ConfidenceStats:
+    return poisoned(n)._replace(embedding=torch.full((n, width), float("nan")))
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("features", FEATURE_SETS)
+def test_triton_embedding_matches_reference(features, dtype):
+    n, v, width = 19, 1000, 128
+    gen = torch.Generator().manual_seed(len(features) * 31 + v)
+    logits, exclude = make_logits(n, v, dtype, gen)
+    temps, seeds = random_sampling_args(n, gen)
+    weight, bias = policy_layer(features, width, seed=n)
+    for t in (None, temps):  # sampled rows: the feature is the sampled token's probability
+        tri = confidence_stats_triton(logits, t, seeds, exclude, policy_input=(weight, bias,
+                                      features), out=poisoned_with_embedding(n, width))
+        ref = confidence_stats_torch(logits, t, seeds, exclude, (weight, bias, features))
+        assert tri.embedding.dtype == ref.embedding.dtype == torch.float32
+        assert tri.embedding.shape == ref.embedding.shape == (n, width)
+        assert not tri.embedding.isnan().any()
+        torch.testing.assert_close(tri.embedding, linear_of_stats(tri, weight, bias, features),
+                                   rtol=EMB_TOL, atol=EMB_TOL)
+        assert torch.equal(ref.embedding, linear_of_stats(ref, weight, bias, features))
+        assert torch.equal(tri.token, ref.token)
+        atol = sum(weight[:, j].abs().max().item() * FEATURE_TOL[f]
+                   for j, f in enumerate(features)) + EMB_TOL
+        torch.testing.assert_close(tri.embedding, ref.embedding, rtol=0, atol=atol)
+
+
+@needs_triton
+@pytest.mark.parametrize("width,config", [(200, (2, 128, 4)), (5, None), (128, (16, 64, 4))])
+def test_triton_embedding_writes_every_element(width, config):
+    """Poisoned outputs, widths that are not / are a power of two (BLOCK_W chunks), a partial
+    last row block, and a strided out.embedding view whose extra columns stay untouched."""
+    n, v = 33, 300
+    features = ("confidence", "margin", "entropy")
+    gen = torch.Generator().manual_seed(width)
+    logits, exclude = make_logits(n, v, torch.bfloat16, gen)
+    weight, bias = policy_layer(features, width, seed=width)
+    buf = torch.full((n, width + 3), float("nan"))
+    out = poisoned(n)._replace(embedding=buf[:, :width])
+    stats = confidence_stats_triton(logits, None, None, exclude, out=out, config=config,
+                                    policy_input=(weight, bias, features))
+    assert stats.embedding.data_ptr() == buf.data_ptr()
+    assert not buf[:, :width].isnan().any() and buf[:, width:].isnan().all()
+    check_against_oracle(stats, logits, exclude)
+    torch.testing.assert_close(stats.embedding, linear_of_stats(stats, weight, bias, features),
+                               rtol=EMB_TOL, atol=EMB_TOL)
+    # Allocated by the kernel wrapper when out has no embedding; bias None means zero bias.
+    nobias = confidence_stats_triton(logits, None, None, exclude, out=poisoned(n),
+                                     policy_input=(weight, None, features))
+    torch.testing.assert_close(nobias.embedding, linear_of_stats(stats, weight, None, features),
+                               rtol=EMB_TOL, atol=EMB_TOL)
+
+
+@pytest.mark.parametrize("impl", list(paths()))
+def test_embedding_of_degenerate_rows(impl):
+    """A row with no finite entry has NaN statistics, hence a NaN embedding on both paths."""
+    weight, bias = policy_layer(("confidence", "entropy"), 8, seed=0)
+    stats = impl(torch.tensor([[2.0, 1.0], [NEG_INF, NEG_INF]]), None, None, None,
+                 policy_input=(weight, bias, ("confidence", "entropy")))
+    assert not stats.embedding[0].isnan().any() and stats.embedding[1].isnan().all()
+
+
+def test_dispatcher_policy_input(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 50, generator=gen)
+    features = ["margin", "confidence"]  # any sequence of names
+    weight, bias = policy_layer(features, 16, seed=1)
+    monkeypatch.setenv("UNMASKD_KERNEL", "torch")
+    assert kernels.confidence_stats(logits).embedding is None
+    stats = kernels.confidence_stats(logits, 0.5, torch.arange(6), 3,
+                                     policy_input=(weight, bias, features))
+    assert torch.equal(stats.embedding, linear_of_stats(stats, weight, bias, features))
+    if confidence_stats_triton is not None:
+        monkeypatch.setenv("UNMASKD_KERNEL", "triton")
+        tri = kernels.confidence_stats(logits, 0.5, torch.arange(6), 3,
+                                       policy_input=(weight.double(), bias.half(), features))
+        torch.testing.assert_close(tri.embedding, stats.embedding, rtol=0, atol=1e-3)
+    empty = kernels.confidence_stats(torch.randn(0, 50), policy_input=(weight, bias, features))
+    assert empty.embedding.shape == (0, 16) and empty.embedding.dtype == torch.float32
+    for bad in [(weight, bias, ("confidence",)), (weight, bias, ("margin", "logit")),
+                (weight, bias[:3], features), (weight[0], bias, features), (weight, bias),
+                (weight, bias, ())]:
+        with pytest.raises(ValueError, match="policy_input"):
+            kernels.confidence_stats(logits, policy_input=bad)
+
+
+def randomised_policy(features, seed: int) -> PolicyNet:
+    """A PolicyNet whose zero-initialised adaLN and head are filled too (else its output
+    would not depend on the input at all)."""
+    torch.manual_seed(seed)
+    net = PolicyNet(features)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("impl", list(paths()))
+@pytest.mark.parametrize("features", [("confidence",), ("confidence", "margin", "entropy")])
+def test_forward_embedded_matches_forward(impl, features):
+    """The engine-shaped wiring: statistics of the valid canvas positions, scattered into
+    [B, W] grids; the embedding grid's unfilled (invalid) positions hold the bias, which is
+    what the input layer gives for the zero features there. Then forward_embedded(embedding)
+    == forward(feats), exactly on the torch path, within 1e-5 on the Triton one."""
+    B, W, V = 3, 24, 200
+    net = randomised_policy(features, seed=len(features))
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(B, W, V, generator=gen) * 3
+    valid = torch.arange(W)[None, :] < torch.tensor([W, 17, 9])[:, None]
+    mask_bits = (torch.rand(B, W, generator=gen) < 0.5) & valid
+    t = torch.tensor([0.1, 0.5, 0.9])
+    rows, cols = valid.nonzero(as_tuple=True)
+    layer = (net.input.weight, net.input.bias, net.features)
+    stats = impl(logits[rows, cols], None, None, None, policy_input=layer)
+    grid = {}
+    for name in ("prob", "top1", "top2", "entropy"):
+        grid[name] = torch.zeros(B, W)
+        grid[name][rows, cols] = getattr(stats, name)
+    view = type("View", (), grid)
+    feats = policy_features(view, net.features)
+    emb = net.input.bias.detach().expand(B, W, -1).clone()
+    emb[rows, cols] = stats.embedding
+    with torch.no_grad():
+        want = net(feats, mask_bits, t, valid)
+        assert torch.equal(net.forward_embedded(net.input(feats), mask_bits, t, valid), want)
+        got = net.forward_embedded(emb, mask_bits, t, valid)
+    assert want.std() > 0.1  # the output does depend on the features
+    if impl is confidence_stats_torch:
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
