@@ -66,6 +66,7 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
               mask_token_id: int | None = None):
     """Returns (model in eval mode, tokenizer)."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     model_dir = Path(model_dir)
     cfg = load_config(model_dir, mask_token_id)
@@ -86,11 +87,17 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
                                   f"config.json implies {tuple(expected[key].shape)}")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     model = model.to(device).eval().requires_grad_(False)
+    # AutoTokenizer peeks at config.json and warns that "llada" is not a transformers model
+    # type; harmless here, since only the tokenizer files are used.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True,
                                                   trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{model_dir}: tokenizer files unreadable ({e})") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     return model, tokenizer
 
 

@@ -72,11 +72,15 @@ def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Gen
     return ids, attn, target, masked
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0.25) -> float:
+    """Warm-up, constant, then linear decay to 10% over the last `decay_frac` of training
+    (warmup-stable-decay): a run can be extended before its decay without changing its past."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    decay_start = int(total * (1 - decay_frac))
+    if step < decay_start:
+        return peak
+    return peak * (1 - 0.9 * (step - decay_start) / max(1, total - decay_start))
 
 
 def validate(model_dir: Path, n: int) -> float:

@@ -23,13 +23,26 @@ def _engine(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return Engine.from_dir(args.model, device=args.device, mask_token_id=args.mask_token_id,
-                           default_gen_length=args.default_gen_length)
+    engine = Engine.from_dir(args.model, device=args.device, mask_token_id=args.mask_token_id,
+                             default_gen_length=args.default_gen_length)
+    load_policies(args.policies or args.model / "policies", args.model)
+    return engine
+
+
+def load_policies(policies_dir: Path, model_dir: Path) -> list[str]:
+    """Load the learned policies trained for this model (none is fine: `learned` then says so)."""
+    from sampler_plugins.policy_store import STORE, model_fingerprint
+
+    if not Path(policies_dir).is_dir():
+        return []
+    return STORE.load_dir(policies_dir, model_fingerprint(model_dir))
 
 
 def _add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", type=Path, default=EMBEDDED_MODEL_DIR,
                     help="LLaDA-format checkpoint folder (default: the embedded model)")
+    ap.add_argument("--policies", type=Path, default=None,
+                    help="folder of learned policies (default: MODEL/policies)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mask-token-id", type=int, default=None,
                     help="override config.json's mask_token_id (LLaDA-8B: 126336)")

@@ -75,8 +75,8 @@ class StepReport:
     finished: list[SequenceResult]
     events: list[StepEvent]
     batch_size: int
-    forward_s: float
-    sampler_s: float
+    forward_s: float  # the dLLM forward (host time: on a GPU, launch time unless synchronised)
+    sampler_s: float  # time inside the samplers' select()
 
 
 class Engine:
@@ -201,6 +201,7 @@ class Engine:
         B = len(seqs)
         t0 = time.perf_counter()
         logits = self.model(self.ids, self.attn)[:, P:]  # [B, W, V]
+        forward_s = time.perf_counter() - t0
         canvas = self.ids[:, P:]
         masked = (canvas == self.mask_id) & self.valid
         # Block bookkeeping is host-side (updated by the previous step's status read), so the
@@ -221,7 +222,6 @@ class Engine:
             logits[rows, cols],
             temperature=self.temperature[rows] if self.any_sampling else 0.0,
             seeds=mix(step_keys[rows], cols), exclude_token_id=self.mask_id)
-        t1 = time.perf_counter()
         grid = {}
         for name in ("token", "prob", "top1", "top2", "entropy"):
             value = getattr(stats, name)
@@ -229,6 +229,7 @@ class Engine:
             g[rows, cols] = value
             grid[name] = g
         commit = torch.zeros((B, W), dtype=torch.bool, device=dev)
+        t1 = time.perf_counter()
         for sampler, row_idx, row_list in self.groups:
             view = StepView(
                 **{k: v[row_idx] for k, v in grid.items()}, candidate=candidate[row_idx],
@@ -271,7 +272,7 @@ class Engine:
             self._sync_out()
             self.active = [s for s in seqs if s not in finished]
             self._dirty = True
-        return StepReport([self._result(s) for s in finished], events, B, t1 - t0, t2 - t1)
+        return StepReport([self._result(s) for s in finished], events, B, forward_s, t2 - t1)
 
     def _enforce(self, commit, candidate, prob, step_in_block) -> torch.Tensor:
         """The invariants, whatever the sampler returned."""

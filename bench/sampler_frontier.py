@@ -1,0 +1,65 @@
+"""Accuracy vs NFE for every sampler on the test split, in block mode or full diffusion.
+
+    python bench/sampler_frontier.py --setting block --n 500     # block length L/4
+    python bench/sampler_frontier.py --setting full --n 500      # one block of length L
+
+Each sampler is swept over its main parameter so its curve spans 1 to >= 4 tokens/step. Runs
+through `unmaskd eval` (server/evaluate.py) on the embedded model and writes
+bench/results/frontier-<setting>.{json,png,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from dllm import EMBEDDED_MODEL_DIR
+from server.cli import load_policies
+from server.engine import Engine
+from server.evaluate import format_table, run_eval
+
+L = 48
+# steps must be a multiple of the number of blocks: 4 in block mode, 1 in full diffusion
+SWEEPS = {
+    "block": [
+        "random:steps=48|24|12|8", "topk_confidence:steps=48|24|12|8|4",
+        "margin:steps=48|24|12|8", "entropy:steps=48|24|12|8",
+        "threshold:threshold=0.99|0.9|0.7|0.5|0.3", "factor:factor=0.1|0.5|1|2|4",
+        "eb:gamma=0.01|0.1|0.5|1|3", "klass:conf=0.9|0.7|0.5|0.3,kl=0.1",
+        "learned:beta=0.5|1|2|4|8",
+    ],
+    "full": [
+        "random:steps=48|24|12|8|6", "topk_confidence:steps=48|24|12|8|6",
+        "margin:steps=48|24|12|8|6", "entropy:steps=48|24|12|8|6",
+        "threshold:threshold=0.99|0.9|0.7|0.5|0.3", "factor:factor=0.1|0.5|1|2|4",
+        "eb:gamma=0.01|0.1|0.5|1|3", "klass:conf=0.9|0.7|0.5|0.3,kl=0.1",
+        "learned:beta=0.5|1|2|4|8",
+    ],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--setting", choices=sorted(SWEEPS), required=True)
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="sampler names to run (default: all)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = Engine.from_dir(EMBEDDED_MODEL_DIR, default_gen_length=L)
+    load_policies(EMBEDDED_MODEL_DIR / "policies", EMBEDDED_MODEL_DIR)
+    specs = [s for s in SWEEPS[args.setting] if not args.only or s.split(":")[0] in args.only]
+    block_length = L // 4 if args.setting == "block" else L
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"frontier-{args.setting}-{args.split}"
+    rows = run_eval(engine, args.split, args.n, specs, block_length, L, stem.with_suffix(".json"),
+                    stem.with_suffix(".png"), batch_size=128)
+    stem.with_suffix(".md").write_text(format_table(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
