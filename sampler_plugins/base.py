@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 class SamplerParams(BaseModel):
     """A sampler's per-request parameters; unknown fields are rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass

@@ -109,6 +109,8 @@ class Engine:
 
     def add(self, req: GenerationRequest | ValidatedRequest) -> int:
         vr = req if isinstance(req, ValidatedRequest) else self.validate(req)
+        if self.active and not self._dirty:  # running rows live in the batch tensors
+            self._sync_out()
         L = vr.gen_length
         seq = Sequence(self._next_id, vr,
                        canvas=torch.full((L,), self.mask_id, dtype=torch.long),
@@ -123,6 +125,11 @@ class Engine:
         for seq in self.active:
             if seq.id == request_id:
                 seq.cancelled = True
+
+    def abort_all(self) -> None:
+        """Drop every active request (after a failed step, or at shutdown)."""
+        self.active.clear()
+        self._dirty = True
 
     def generate(self, requests: list[GenerationRequest], max_batch_size: int = 256,
                  on_step=None) -> list[SequenceResult]:

@@ -208,3 +208,21 @@ def test_invalid_requests_name_the_field(tiny_engine, kwargs, field):
         tiny_engine.generate([req])
     assert info.value.field == field
     assert not tiny_engine.active
+
+
+def test_requests_joining_mid_flight_decode_as_if_alone(tiny_engine):
+    """Continuous batching: a request added between steps must not disturb running rows."""
+    reqs = [GenerationRequest(ids, name, gen_length=16, block_length=8, seed=i)
+            for i, (ids, name) in enumerate(zip(prompts(tiny_engine, 3) * 2,
+                                                ["topk_confidence", "threshold", "random",
+                                                 "eb", "factor", "klass"]))]
+    alone = [tiny_engine.generate([r])[0].token_ids for r in reqs]
+    ids, results = {}, {}
+    for i, req in enumerate(reqs):  # one joins every step
+        ids[tiny_engine.add(req)] = i
+        for res in tiny_engine.step().finished:
+            results[ids[res.request_id]] = res.token_ids
+    while tiny_engine.active:
+        for res in tiny_engine.step().finished:
+            results[ids[res.request_id]] = res.token_ids
+    assert [results[i] for i in range(len(reqs))] == alone

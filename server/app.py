@@ -1,0 +1,265 @@
+"""The HTTP server: `create_app(settings, engine)` and `serve_main(argv)` (`unmaskd serve`).
+
+    unmaskd serve --port 8000 --max-batch-size 32 --api-key secret --ab-config ab.yaml
+
+One process, one engine, one engine thread (server.scheduler) doing continuous batching; the
+endpoints live in serving_generate (/generate), serving_openai (/v1) and ab (/ab). Here: errors,
+authentication, /health, /metrics, /samplers, and the shutdown sequence. On SIGTERM (or Ctrl+C)
+the server stops accepting work (503 on /health and new requests) but keeps listening while
+in-flight requests finish, at most --shutdown-timeout seconds, after which the rest are
+cancelled (503); then it exits with status 0. A second signal exits at once.
+
+Client errors never become 500s: request bodies that fail validation are 422 naming the field
+(400 on /v1 for unknown or dLLM-meaningless fields, as OpenAI answers), and every refusal from
+the generation path is an ApiError rendered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import sys
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sampler_plugins import Sampler, registered_samplers
+from server import ab, serving_generate, serving_openai
+from server.ab import ABConfig, Experiments, load_ab_config
+from server.engine import Engine
+from server.metrics import CONTENT_TYPE, Metrics
+from server.protocol import ApiError, openai_error
+from server.scheduler import Scheduler
+from server.serving_generate import GenerationService, PolicyLister, no_policies
+from server.settings import ServerSettings, parse_settings
+
+log = logging.getLogger("unmaskd.server")
+GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
+OPEN_PATHS = ("/health", "/metrics")  # no API key needed: probes and scrapers
+
+
+class SafeJSONResponse(JSONResponse):
+    """ASCII-escaped JSON: strings a client sent (lone surrogates included) always encode."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode()
+
+
+def error_response(path: str, status: int, field: str | None, message: str,
+                   headers: dict[str, str] | None = None, code: str | None = None,
+                   **extra: Any) -> Response:
+    text = f"{field}: {message}" if field else message
+    body = (openai_error(status, field, text, code) if path.startswith("/v1/")
+            else {"detail": text, "field": field})
+    return SafeJSONResponse({**body, **extra}, status_code=status, headers=headers)
+
+
+class ApiKeyMiddleware:
+    """Bearer-token check before anything else runs (so an unauthenticated client learns
+    nothing from validation errors). Plain ASGI: streaming and disconnects pass untouched."""
+
+    def __init__(self, app: ASGIApp, key: str):
+        self.app = app
+        self.key = key.encode("utf-8", "surrogateescape")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            auth = dict(scope["headers"]).get(b"authorization", b"")
+            scheme, _, token = auth.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                response = error_response(scope["path"], 401, None, "missing or invalid API "
+                                          "key (send 'Authorization: Bearer KEY')",
+                                          headers={"WWW-Authenticate": "Bearer"},
+                                          code="invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _count_refusal(request: Request, status: int) -> None:
+    if request.url.path in GENERATION_PATHS and status in (400, 404, 422):
+        request.app.state.service.metrics.request_ended_early("", None, "invalid")
+
+
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    _count_refusal(request, exc.status)
+    return error_response(request.url.path, exc.status, exc.field, exc.message, exc.headers,
+                          exc.code)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """The first problem, named by its top-level field; all of them under "errors"."""
+    problems = []
+    is_json = "json" in request.headers.get("content-type", "")
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        loc = loc[1:] if loc and loc[0] in ("body", "path", "query") else loc
+        kind = err.get("type")
+        unknown = kind == "extra_forbidden"
+        message = "unrecognized request argument" if unknown else str(err.get("msg"))
+        if kind == "json_invalid":  # loc holds the character offset
+            message, loc = f"not valid JSON (at character {loc[0] if loc else 0})", []
+        elif not loc and not is_json:
+            message = "send a JSON object with 'Content-Type: application/json'"
+        problems.append((loc[0] if loc else "body", ".".join(loc) or "body", message, unknown))
+    field, path, message, unknown = problems[0]
+    status = 400 if unknown and request.url.path.startswith("/v1/") else 422
+    _count_refusal(request, status)
+    return error_response(request.url.path, status, field,
+                          message if path == field else f"{path}: {message}",
+                          errors=[{"field": p, "message": m} for _, p, m, _ in problems])
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(request.url.path, 500, None, f"internal error: {type(exc).__name__}")
+
+
+def describe_sampler(name: str, cls: type[Sampler]) -> dict[str, Any]:
+    """A sampler for GET /samplers: its doc, params schema and defaults."""
+    doc = cls.__doc__ or getattr(sys.modules.get(cls.__module__), "__doc__", None) or ""
+    fields = cls.Params.model_fields
+    defaults = {k: f.get_default(call_default_factory=True) for k, f in fields.items()
+                if not f.is_required()}
+    return {"name": name, "description": doc.strip().split("\n\n")[0],
+            "params_schema": cls.Params.model_json_schema(),
+            "defaults": jsonable_encoder(defaults),
+            "required": [k for k, f in fields.items() if f.is_required()],
+            "needs_probs": cls.needs_probs, "full_canvas": cls.full_canvas}
+
+
+def _routes() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", tags=["ops"])
+    async def health(request: Request) -> Response:
+        service: GenerationService = request.app.state.service
+        if service.shutting_down:
+            return SafeJSONResponse({"status": "shutting down"}, status_code=503)
+        if not service.scheduler.alive:
+            return SafeJSONResponse({"status": "engine loop not running"}, status_code=503)
+        return SafeJSONResponse({"status": "ok"})
+
+    @router.get("/metrics", tags=["ops"])
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @router.get("/samplers", tags=["generate"])
+    async def samplers(request: Request) -> dict[str, Any]:
+        service: GenerationService = request.app.state.service
+        return {"default": service.default_sampler(),
+                "samplers": [describe_sampler(n, c)
+                             for n, c in sorted(registered_samplers().items())],
+                "policies": service.policies()}
+
+    return router
+
+
+def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | None = None,
+               policies: PolicyLister = no_policies) -> FastAPI:
+    """The app around an already-loaded engine. `policies` lists loaded learned policies
+    (dicts of metadata) for GET /samplers and the default-sampler choice."""
+    model_name = Path(settings.model).resolve().name
+    metrics = Metrics(model_name)
+    scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.max_queue)
+    experiments = Experiments(ab_config or ABConfig(), settings.ab_min_samples)
+    service = GenerationService(engine, scheduler, metrics, experiments, model_name, policies)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        await asyncio.to_thread(scheduler.stop)
+
+    app = FastAPI(title="unmaskd", lifespan=lifespan, default_response_class=SafeJSONResponse)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.experiments = experiments
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _server_error)
+    app.include_router(_routes())
+    app.include_router(serving_generate.router)
+    app.include_router(serving_openai.router)
+    app.include_router(ab.router)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn whose first SIGTERM/SIGINT drains instead of closing the listening socket, so
+    clients get a 503 rather than a refused connection while in-flight requests finish."""
+
+    def __init__(self, config: uvicorn.Config, service: GenerationService, timeout: float):
+        super().__init__(config)
+        self.service = service
+        self.timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._loop is None or self._draining:  # not started yet, or a second signal
+            self.force_exit = self._draining
+            self.should_exit = True
+            return
+        self._draining = True
+        log.info("signal %d: draining (at most %.0f s)", sig, self.timeout)
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        await self.service.drain(self.timeout)
+        self.should_exit = True
+
+
+def serve_main(argv: list[str]) -> int:
+    try:
+        settings = parse_settings(argv)
+    except ValidationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    try:
+        ab_config = load_ab_config(settings.ab_config) if settings.ab_config else ABConfig()
+    except ValueError as e:
+        print(f"error: --ab-config: {e}", file=sys.stderr)
+        return 2
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        engine = Engine.from_dir(settings.model, device=settings.device)
+    except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
+        print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
+        return 2
+    from sampler_plugins.policy_store import STORE
+    from server.cli import load_policies
+
+    loaded = load_policies(settings.policies or settings.model / "policies", settings.model)
+    logging.getLogger(__name__).info("learned policies loaded: %s", loaded or "none")
+    app = create_app(settings, engine, ab_config, policies=STORE.describe)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=5)
+    DrainingServer(config, app.state.service, settings.shutdown_timeout).run()
+    return 0

@@ -1,0 +1,250 @@
+"""Request and response bodies of the HTTP API, and the one client-error type.
+
+`/generate` is unmaskd's own API and rejects unknown fields (a misspelt knob should not be
+silently ignored). The `/v1` bodies follow OpenAI's and also reject unknown fields, as OpenAI
+does; unmaskd's decoding knobs ride along in them (the `openai` client's `extra_body`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_SEED = 2**63 - 1  # the engine keeps seeds in int64 tensors
+
+
+def check_finite(value: Any) -> Any:
+    """Reject NaN and infinities anywhere in a JSON value (Python's JSON parser accepts them,
+    and they cannot be echoed back as valid JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite")
+    if isinstance(value, dict):
+        for v in value.values():
+            check_finite(v)
+    elif isinstance(value, list):
+        for v in value:
+            check_finite(v)
+    return value
+
+
+class ApiError(Exception):
+    """A request the server refuses; rendered as JSON naming `field` (OpenAI's error shape on
+    /v1, `{"detail", "field"}` elsewhere)."""
+
+    def __init__(self, status: int, field: str | None, message: str,
+                 headers: dict[str, str] | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+        self.headers = headers
+        self.code = code
+
+
+def openai_error(status: int, field: str | None, message: str,
+                 code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(
+        status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": field, "code": code}}
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class DecodingOptions(BaseModel):
+    """unmaskd's decoding knobs, shared by /generate and the /v1 endpoints."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    sampler: str | None = Field(None, description="registered sampler; default: the server's")
+    sampler_params: dict[str, Any] = Field(default_factory=dict)
+    block_length: int | None = Field(None, description="default: canvas length / 4")
+    steps: int | None = Field(None, description="step budget; default: canvas length")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    ab: str | None = Field(None, description="A/B experiment: its arm picks the sampler")
+    user: str | None = Field(None, description="stable A/B assignment key")
+    reference: int | None = Field(
+        None, description="expected final answer, scored with tasks.arithmetic.check_answer")
+
+    _finite_params = field_validator("sampler_params")(check_finite)
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _integer_answer(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ValueError("must be an integer answer") from None
+        return value
+
+
+class GenerateRequest(DecodingOptions):
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    max_new_tokens: int | None = Field(None, description="canvas length")
+    temperature: float = 0.0
+    stop_at_eos: bool = False
+    stream: bool = False
+    return_trace: bool = False
+
+
+class Timing(BaseModel):
+    queue_s: float
+    total_s: float
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    sampler: str
+    sampler_params: dict[str, Any]
+    arm: str | None
+    nfe: int
+    tokens_per_step: float
+    correct: bool | None = Field(None, description="answer check, when reference was given")
+    trace: list[int] | None = None
+    step_counts: list[int] | None = None
+    timing: Timing
+
+
+# ---- OpenAI-compatible bodies ----------------------------------------------------------------
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class OpenAIRequest(DecodingOptions):
+    """Fields common to completions and chat. Fields that have no meaning for a dLLM are
+    declared so that they can be refused by name with a 400 (see serving_openai)."""
+
+    model: str
+    max_tokens: int | None = Field(None, description="canvas length")
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stop_at_eos: bool = True
+
+
+class CompletionRequest(OpenAIRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    best_of: int | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+
+
+class ChatCompletionRequest(OpenAIRequest):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class UnmaskdInfo(BaseModel):
+    """How the answer was decoded (an extra field; OpenAI clients keep it as an attribute)."""
+
+    sampler: str
+    sampler_params: dict[str, Any]
+    arm: str | None
+    nfe: int
+    tokens_per_step: float
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    unmaskd: UnmaskdInfo | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    unmaskd: UnmaskdInfo
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    unmaskd: UnmaskdInfo | None = None

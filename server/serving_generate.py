@@ -1,0 +1,313 @@
+"""The generation path shared by every endpoint, and unmaskd's own `POST /generate`.
+
+`GenerationService` turns a prompt plus decoding options into a validated engine request (A/B
+arm applied, errors as 422 naming the client's field), submits it to the engine thread, waits
+for it while watching for the client to disconnect (which cancels it), and records completed
+requests in their A/B experiment.
+
+`/generate` with `"stream": true` answers with server-sent events: one per denoising step,
+`{"step", "committed", "canvas"}` with undecided positions shown as "░" (one per token) and
+EOS as "·", then one event with the same object a non-streaming call returns, then
+`data: [DONE]`. An error after the stream has started arrives as `{"error": {...}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from sampler_plugins import get_sampler
+from server.ab import Experiment, Experiments, Record
+from server.cli import render_canvas
+from server.engine import Engine, StepEvent
+from server.metrics import Metrics
+from server.protocol import (
+    ApiError,
+    ChatMessage,
+    DecodingOptions,
+    GenerateRequest,
+    GenerateResponse,
+    Timing,
+)
+from server.scheduler import Cancelled, Failed, Finished, Job, NotAccepting, QueueFull, Scheduler
+from server.sequence import GenerationRequest, InvalidRequest, SequenceResult, ValidatedRequest
+from tasks.arithmetic import check_answer
+
+log = logging.getLogger(__name__)
+PolicyLister = Callable[[], list[dict[str, Any]]]
+
+
+def no_policies() -> list[dict[str, Any]]:
+    """The policy lister until learned policies are wired in: none loaded."""
+    return []
+
+
+@dataclass
+class Prepared:
+    """A request ready for the engine thread."""
+
+    id: str
+    vr: ValidatedRequest
+    prompt_tokens: int
+    experiment: Experiment | None
+    arm: str | None
+    reference: int | None
+
+    @property
+    def sampler(self) -> str:
+        return self.vr.request.sampler
+
+
+@dataclass
+class Completed:
+    prepared: Prepared
+    result: SequenceResult
+    timing: Timing
+    correct: bool | None
+
+
+class GenerationService:
+    def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics,
+                 experiments: Experiments, model_name: str, policies: PolicyLister):
+        self.engine = engine
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.experiments = experiments
+        self.model_name = model_name
+        self.policies = policies
+        self.shutting_down = False
+        self.started = int(time.time())
+
+    def default_sampler(self) -> str:
+        """"learned" once a learned policy is loaded, else "threshold", else the LLaDA rule."""
+        if get_sampler("learned") is not None and self.policies():
+            return "learned"
+        if get_sampler("threshold") is not None:
+            return "threshold"
+        return "topk_confidence"
+
+    # ---- prompts ----------------------------------------------------------------------------
+    def encode_text(self, text: str, field: str) -> list[int]:
+        try:
+            return self.engine.tokenizer(text)["input_ids"]
+        except Exception as e:  # e.g. lone surrogates the tokenizer cannot encode
+            raise ApiError(422, field, f"cannot be tokenized: {e}") from None
+
+    def encode_messages(self, messages: list[ChatMessage], field: str) -> list[int]:
+        if not messages:
+            raise ApiError(422, field, "must not be empty")
+        try:
+            text = self.engine.tokenizer.apply_chat_template(
+                [{"role": m.role, "content": m.text()} for m in messages], tokenize=False,
+                add_generation_prompt=True)
+        except Exception as e:  # the template may raise on what it cannot render
+            raise ApiError(422, field, f"cannot be rendered by the chat template: {e}") from None
+        return self.encode_text(text, field)
+
+    # ---- requests ---------------------------------------------------------------------------
+    def prepare(self, prompt_ids: list[int], opts: DecodingOptions, *, gen_length: int | None,
+                temperature: float, stop_at_eos: bool, watch: bool, id_prefix: str,
+                fields: dict[str, str]) -> Prepared:
+        """Resolve the A/B arm and validate. `fields` renames the engine's field names (e.g.
+        gen_length) to the names the client used (max_new_tokens, max_tokens)."""
+        sampler, params = opts.sampler or self.default_sampler(), opts.sampler_params
+        experiment = arm = None
+        if opts.ab is not None:
+            if opts.ab not in self.experiments.by_name:
+                raise ApiError(422, "ab", f"no A/B experiment {opts.ab!r}; defined: "
+                               f"{sorted(self.experiments.by_name)}")
+            experiment = self.experiments.by_name[opts.ab]
+            arm, spec = experiment.assign(opts.user, self.experiments.rng)
+            sampler, params = spec.sampler, spec.sampler_params
+        req = GenerationRequest(
+            prompt_ids=prompt_ids, sampler=sampler, sampler_params=params,
+            gen_length=gen_length, block_length=opts.block_length, steps=opts.steps,
+            temperature=temperature, seed=opts.seed, stop_at_eos=stop_at_eos, watch=watch)
+        try:
+            vr = self.engine.validate(req)  # pure: safe from the event loop
+        except InvalidRequest as e:
+            raise ApiError(422, self._field(e.field, fields, arm), e.message) from None
+        except Exception as e:  # a sampler's params validator failing in an unexpected way
+            log.exception("validation raised")
+            raise ApiError(422, self._field("sampler_params", fields, arm),
+                           f"rejected: {type(e).__name__}: {e}") from None
+        return Prepared(f"{id_prefix}-{uuid.uuid4().hex}", vr, len(prompt_ids), experiment,
+                        arm, opts.reference)
+
+    @staticmethod
+    def _field(name: str, fields: dict[str, str], arm: str | None) -> str:
+        if arm is not None and name.startswith("sampler"):
+            return f"ab.arms.{arm}.{name}"
+        head, dot, rest = name.partition(".")
+        return fields.get(head, head) + dot + rest
+
+    def submit(self, prepared: Prepared) -> Job:
+        if self.shutting_down:
+            self.metrics.request_ended_early(prepared.sampler, prepared.arm, "rejected")
+            raise ApiError(503, None, "the server is shutting down")
+        try:
+            return self.scheduler.submit(prepared.vr, prepared.sampler, prepared.arm,
+                                         prepared.prompt_tokens)
+        except QueueFull:
+            self.metrics.request_ended_early(prepared.sampler, prepared.arm, "rejected")
+            raise ApiError(429, None, f"the queue is full ({self.scheduler.max_queue} waiting)",
+                           headers={"Retry-After": "1"}) from None
+        except NotAccepting:
+            self.metrics.request_ended_early(prepared.sampler, prepared.arm, "rejected")
+            raise ApiError(503, None, "the engine is not accepting requests") from None
+
+    async def wait(self, job: Job, request: Request) -> Finished:
+        """The job's outcome; cancels it if the client disconnects first."""
+        get = asyncio.ensure_future(job.queue.get())
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                raise ApiError(499, None, "client closed the request")
+            return _outcome(get.result())
+        finally:
+            get.cancel()
+            gone.cancel()
+            self.scheduler.cancel(job)
+
+    async def events(self, job: Job) -> AsyncIterator[StepEvent | Finished]:
+        """Step events, then the outcome (raising ApiError for a cancelled or failed job)."""
+        while True:
+            item = await job.queue.get()
+            if isinstance(item, StepEvent):
+                yield item
+            else:
+                yield _outcome(item)
+                return
+
+    def complete(self, prepared: Prepared, finished: Finished) -> Completed:
+        """Score against the reference answer and record the request in its experiment."""
+        res = finished.result
+        correct = (None if prepared.reference is None
+                   else check_answer(res.text, prepared.reference))
+        if prepared.experiment is not None and prepared.arm is not None:
+            prepared.experiment.record(prepared.id, Record(
+                prepared.arm, finished.total_s, res.nfe, res.tokens_per_step,
+                None if correct is None else float(correct)))
+        return Completed(prepared, res, Timing(queue_s=finished.queue_s,
+                                               total_s=finished.total_s), correct)
+
+    def render_canvas(self, canvas: list[int]) -> str:
+        return render_canvas(self.engine, canvas)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking requests (503); let queued and decoding ones finish for up to `timeout`
+        seconds, then cancel the rest (their clients get a 503 too)."""
+        self.shutting_down = True
+        self.scheduler.stop_accepting()
+        if not await self._wait_idle(timeout):
+            log.warning("shutdown timeout reached: cancelling unfinished requests")
+            self.scheduler.cancel_all("shutdown")
+            await self._wait_idle(10.0)
+
+    async def _wait_idle(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.scheduler.idle():
+            if loop.time() >= deadline or not self.scheduler.alive:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+
+def _outcome(item: Finished | Cancelled | Failed) -> Finished:
+    if isinstance(item, Finished):
+        return item
+    if isinstance(item, Cancelled):
+        raise ApiError(503 if item.reason == "shutdown" else 499, None,
+                       "cancelled: the server shut down before the request finished"
+                       if item.reason == "shutdown" else "cancelled")
+    raise ApiError(500, None, item.message)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read, so the next ASGI message is
+    the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=True, allow_nan=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+class JobStream(StreamingResponse):
+    """An SSE response tied to a job: however the response ends (finished, client gone before
+    or during the stream, server stopping), the job is cancelled if it is still running."""
+
+    def __init__(self, content: AsyncIterator[str], job: Job, scheduler: Scheduler):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job = job
+        self.scheduler = scheduler
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.scheduler.cancel(self.job)  # a no-op once the job has finished
+
+
+# ---- POST /generate ------------------------------------------------------------------------------
+router = APIRouter(tags=["generate"])
+
+
+def _response(c: Completed, return_trace: bool) -> GenerateResponse:
+    p, res = c.prepared, c.result
+    return GenerateResponse(
+        id=p.id, text=res.text, token_ids=res.token_ids, finish_reason=res.finish_reason,
+        sampler=p.sampler, sampler_params=p.vr.params.model_dump(mode="json"), arm=p.arm,
+        nfe=res.nfe, tokens_per_step=res.tokens_per_step, correct=c.correct,
+        trace=res.trace if return_trace else None,
+        step_counts=res.step_counts if return_trace else None, timing=c.timing)
+
+
+@router.post("/generate", response_model=GenerateResponse)
+async def generate(body: GenerateRequest, request: Request):
+    service: GenerationService = request.app.state.service
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(422, "prompt", "give exactly one of prompt or messages")
+    if body.prompt is not None:
+        field, prompt_ids = "prompt", service.encode_text(body.prompt, "prompt")
+    else:
+        field, prompt_ids = "messages", service.encode_messages(body.messages, "messages")
+    prepared = service.prepare(
+        prompt_ids, body, gen_length=body.max_new_tokens, temperature=body.temperature,
+        stop_at_eos=body.stop_at_eos, watch=body.stream, id_prefix="gen",
+        fields={"prompt": field, "gen_length": "max_new_tokens"})
+    job = service.submit(prepared)
+    if not body.stream:
+        finished = await service.wait(job, request)
+        return _response(service.complete(prepared, finished), body.return_trace)
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for item in service.events(job):
+                if isinstance(item, StepEvent):
+                    yield sse({"step": item.nfe, "committed": item.committed,
+                               "canvas": service.render_canvas(item.canvas)})
+                else:
+                    completed = service.complete(prepared, item)
+                    yield sse(_response(completed, body.return_trace).model_dump(mode="json"))
+        except ApiError as e:
+            yield sse({"error": {"message": e.message, "status": e.status}})
+        yield SSE_DONE
+
+    return JobStream(stream(), job, service.scheduler)

@@ -1,0 +1,54 @@
+"""`unmaskd serve` configuration: one pydantic-settings model read from flags and environment.
+
+Every flag has an environment variable with the `UNMASKD_` prefix (`--max-batch-size 8` or
+`UNMASKD_MAX_BATCH_SIZE=8`); a flag wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from dllm import EMBEDDED_MODEL_DIR
+
+
+class ServerSettings(BaseSettings):
+    """Serve a diffusion language model over HTTP: /generate (with per-step SSE streaming), an
+    OpenAI-compatible /v1 API, A/B experiments between samplers, and Prometheus /metrics.
+    Every flag can also be set by environment variable: --max-batch-size is
+    UNMASKD_MAX_BATCH_SIZE."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="UNMASKD_", cli_kebab_case=True, cli_prog_name="unmaskd serve",
+        cli_exit_on_error=True, extra="ignore")
+
+    model: Path = Field(EMBEDDED_MODEL_DIR, description="LLaDA-format checkpoint folder")
+    policies: Path | None = Field(
+        None, description="folder of learned unmasking policies (default: MODEL/policies)")
+    host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")
+    port: int = Field(8000, ge=0, le=65535)
+    max_batch_size: int = Field(32, ge=1, description="most requests decoded together per step")
+    max_queue: int = Field(
+        256, ge=0, description="requests waiting for a batch slot before new ones get 429")
+    api_key: str | None = Field(
+        None, description="require 'Authorization: Bearer KEY' (not on /health, /metrics)")
+    ab_config: Path | None = Field(None, description="A/B experiments file (YAML or JSON)")
+    ab_min_samples: int = Field(
+        10, ge=2, description="requests per arm before an A/B report tests differences")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="seconds to finish in-flight requests after SIGTERM")
+    device: str = Field("cpu", description="torch device for the model")
+
+
+# --help prints the class docstring verbatim; Python < 3.13 keeps its indentation.
+ServerSettings.__doc__ = inspect.cleandoc(ServerSettings.__doc__ or "")
+
+
+def parse_settings(argv: list[str]) -> ServerSettings:
+    """Flags, then `UNMASKD_*` environment variables, then defaults. Raises pydantic's
+    ValidationError on bad values; argparse exits on unknown flags and prints --help."""
+    return CliApp.run(ServerSettings, cli_args=argv)

@@ -1,0 +1,536 @@
+"""The HTTP server, end to end: a real `unmaskd serve` process on loopback (one per module, with
+an API key, --max-batch-size 4 and --max-queue 4), driven with httpx and the `openai` client.
+A few failure-injection tests run the app in-process with FastAPI's TestClient, and the SIGTERM
+test starts its own server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
+from tokenizers import Tokenizer
+
+from sampler_plugins import Sampler, get_sampler, registered_samplers
+from server.app import create_app
+from server.engine import Engine
+from server.settings import ServerSettings, parse_settings
+
+API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+QUESTION = "Ava has 3 apples. She buys 4 more. How many apples does Ava have now?"
+PROMPT = f"Question: {QUESTION}\nAnswer:"
+SLOW = {"prompt": "Question: hi\nAnswer:", "sampler": "topk_confidence", "max_new_tokens": 512,
+        "block_length": 512, "steps": 512}  # one token per step: seconds on the tiny model
+
+
+def defaults_valid(name: str) -> bool:
+    try:
+        get_sampler(name).Params()
+    except ValidationError:
+        return False
+    return True
+
+
+USABLE = [n for n in sorted(registered_samplers()) if defaults_valid(n)]
+
+
+@pytest.fixture(scope="module")
+def server(launch_server):
+    srv = launch_server("--api-key", API_KEY, "--max-batch-size", "4", "--max-queue", "4")
+    yield srv
+    assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model_name(client) -> str:
+    return client.get("/v1/models").json()["data"][0]["id"]
+
+
+@pytest.fixture(scope="module")
+def oai(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(long_model_dir) -> Tokenizer:
+    return Tokenizer.from_file(str(long_model_dir / "tokenizer.json"))
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, frozenset], float]:
+    text = client.get("/metrics").text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def sse_payloads(lines) -> list:
+    out = []
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def generate(client: httpx.Client, **body) -> dict:
+    r = client.post("/generate", json={"prompt": PROMPT, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# ---- basics --------------------------------------------------------------------------------------
+def test_health_metrics_and_models_endpoints(server, client, model_name):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no key needed
+    assert httpx.get(server.url + "/metrics").status_code == 200
+    models = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY).models.list()
+    assert [m.id for m in models.data] == [model_name]
+
+
+def test_api_key_is_required_except_on_probes(server):
+    for path in ("/samplers", "/v1/models", "/ab/x"):
+        assert httpx.get(server.url + path).status_code == 401
+    r = httpx.post(server.url + "/generate", json={"prompt": "x"},
+                   headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json")
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_samplers_lists_the_registry_with_schemas_and_defaults(client):
+    body = client.get("/samplers").json()
+    assert [s["name"] for s in body["samplers"]] == sorted(registered_samplers())
+    for s in body["samplers"]:
+        cls = get_sampler(s["name"])
+        assert s["params_schema"] == cls.Params.model_json_schema()
+        for field, value in s["defaults"].items():
+            assert cls.Params.model_fields[field].default == value
+    assert body["policies"] == []
+    expected = "threshold" if get_sampler("threshold") else "topk_confidence"
+    assert body["default"] == expected
+
+
+# ---- /generate -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(registered_samplers()))
+def test_generate_with_each_sampler(client, name):
+    r = client.post("/generate", json={"prompt": PROMPT, "sampler": name, "max_new_tokens": 16,
+                                       "block_length": 8, "steps": 16, "return_trace": True})
+    if not defaults_valid(name):  # e.g. "learned" with no policy loaded
+        assert r.status_code == 422 and r.json()["field"].startswith("sampler_params"), r.text
+        return
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["sampler"] == name and out["arm"] is None and out["id"].startswith("gen-")
+    assert out["sampler_params"] == get_sampler(name).Params().model_dump(mode="json")
+    assert len(out["token_ids"]) == 16 and out["finish_reason"] in ("stop", "length")
+    nfe = out["nfe"]
+    assert 2 <= nfe <= 16 and out["tokens_per_step"] == 16 / nfe
+    trace = out["trace"]
+    assert all(0 <= t < nfe for t in trace) and sum(out["step_counts"]) == 16
+    assert max(trace[:8]) < min(trace[8:])  # blocks are decoded in order
+    assert 0 <= out["timing"]["queue_s"] <= out["timing"]["total_s"]
+
+
+def test_generate_messages_use_the_chat_template(client):
+    by_prompt = generate(client, max_new_tokens=16)
+    r = client.post("/generate", json={"messages": [{"role": "user", "content": QUESTION}],
+                                       "max_new_tokens": 16})
+    assert r.status_code == 200 and r.json()["token_ids"] == by_prompt["token_ids"]
+
+
+def test_generate_stream_sends_every_step_then_the_result(client):
+    body = {"prompt": PROMPT, "sampler": "topk_confidence", "max_new_tokens": 12,
+            "block_length": 4, "steps": 6, "seed": 5}
+    with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_payloads(r.iter_lines())
+    assert events[-1] == "[DONE]"
+    *steps, result = events[:-1]
+    assert result == {**generate(client, **{k: v for k, v in body.items() if k != "prompt"}),
+                      "id": result["id"], "timing": result["timing"]}
+    assert [e["step"] for e in steps] == list(range(1, result["nfe"] + 1))
+    decided: set[int] = set()
+    for e in steps:
+        assert e["committed"] and not decided & set(e["committed"])
+        decided |= set(e["committed"])
+        assert e["canvas"].count("░") == 12 - len(decided)
+    assert decided == set(range(12))
+
+
+def test_batched_results_equal_sequential_ones(client):
+    reqs = [{"prompt": f"Question: {n} has {i + 2} coins. How many coins does {n} have?\n"
+                       f"Answer:",
+             "sampler": USABLE[i % len(USABLE)], "seed": 11 * i, "temperature": 0.7 * (i % 2),
+             "max_new_tokens": 32 * (1 + i % 2), "block_length": 8 * (1 + i % 2)}
+            for i, n in enumerate(["Ava", "Ben", "Cleo", "Dan"])]
+    sequential = [generate(client, **r) for r in reqs]
+    before = scrape(client)
+
+    async def together() -> list[dict]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), headers=AUTH,
+                                     timeout=60) as ac:
+            async def one(i: int) -> httpx.Response:
+                await asyncio.sleep(0.02 * i)  # join while the others are mid-canvas
+                return await ac.post("/generate", json=reqs[i])
+
+            rs = await asyncio.gather(*(one(i) for i in range(len(reqs))))
+        return [r.json() for r in rs]
+
+    batched = asyncio.run(together())
+    after = scrape(client)
+    for s, b in zip(sequential, batched, strict=True):
+        assert (b["token_ids"], b["nfe"], b["text"]) == (s["token_ids"], s["nfe"], s["text"])
+    steps = total(after, "unmaskd_batch_size_count") - total(before, "unmaskd_batch_size_count")
+    rows = total(after, "unmaskd_batch_size_sum") - total(before, "unmaskd_batch_size_sum")
+    assert rows > steps  # some steps really decoded several requests together
+
+
+# ---- OpenAI-compatible API -----------------------------------------------------------------------
+def test_openai_completions(client, oai, model_name, tokenizer):
+    knobs = {"sampler": "topk_confidence", "block_length": 8, "steps": 16}
+    r = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, seed=3,
+                               extra_body=knobs)
+    ref = generate(client, max_new_tokens=16, seed=3, stop_at_eos=True, **knobs)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    ids = ref["token_ids"]
+    assert r.choices[0].text == ref["text"] and r.id.startswith("cmpl-")
+    assert r.choices[0].finish_reason == ("stop" if eos in ids else "length")
+    assert r.usage.prompt_tokens == len(tokenizer.encode(PROMPT).ids)
+    assert r.usage.completion_tokens == (ids.index(eos) + 1 if eos in ids else 16)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.unmaskd["nfe"] == ref["nfe"]
+    chunks = list(oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, seed=3,
+                                         stream=True, extra_body=knobs))
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+def test_openai_chat_completions_and_stream(client, oai, model_name):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+    r = oai.chat.completions.create(model=model_name, messages=messages, max_tokens=16,
+                                    temperature=0.5, seed=2)
+    ref = generate(client, max_new_tokens=16, temperature=0.5, seed=2, stop_at_eos=True)
+    assert r.choices[0].message.content == ref["text"]
+    assert r.choices[0].message.role == "assistant" and r.id.startswith("chatcmpl-")
+    chunks = list(oai.chat.completions.create(
+        model=model_name, messages=messages, max_tokens=16, temperature=0.5, seed=2,
+        stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ref["text"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.total_tokens == r.usage.total_tokens
+
+
+def test_openai_stop_strings_cut_the_text(client, oai, model_name):
+    full = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16).choices[0]
+    cut_at = full.text[len(full.text) // 2:][:2]
+    part = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16,
+                                  stop=[cut_at]).choices[0]
+    assert part.text == full.text[:full.text.index(cut_at)] and part.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("path,field,value", [
+    ("/v1/completions", "n", 2), ("/v1/completions", "best_of", 3),
+    ("/v1/completions", "logprobs", 5), ("/v1/completions", "echo", True),
+    ("/v1/completions", "suffix", "tail"), ("/v1/completions", "presence_penalty", 0.5),
+    ("/v1/completions", "logit_bias", {"17": 3}), ("/v1/completions", "top_p", 0.9),
+    ("/v1/chat/completions", "logprobs", True), ("/v1/chat/completions", "top_logprobs", 2),
+    ("/v1/chat/completions", "frequency_penalty", 1.0),
+    ("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}]),
+    ("/v1/chat/completions", "tool_choice", "auto"),
+    ("/v1/chat/completions", "functions", [{"name": "f"}]),
+    ("/v1/chat/completions", "response_format", {"type": "json_object"}),
+    ("/v1/chat/completions", "made_up_field", 1),
+])
+def test_openai_refuses_fields_meaningless_for_a_dllm(client, model_name, path, field, value):
+    base = ({"prompt": PROMPT} if path == "/v1/completions"
+            else {"messages": [{"role": "user", "content": QUESTION}]})
+    r = client.post(path, json={"model": model_name, **base, field: value})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field and r.json()["error"]["message"]
+
+
+def test_openai_errors(client, oai, model_name):
+    with pytest.raises(openai.NotFoundError):
+        oai.completions.create(model="gpt-4", prompt="x")
+    with pytest.raises(openai.UnprocessableEntityError) as e:
+        oai.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "x"}],
+                                    max_tokens=0)
+    assert e.value.body["param"] == "max_tokens"
+    r = client.post("/v1/completions", json={"model": model_name, "prompt": ["a", "b"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+# ---- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body,field", [
+    ({"sampler": "no_such_sampler"}, "sampler"),
+    ({"sampler": "topk_confidence", "sampler_params": {"nope": 1}}, "sampler_params.nope"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_new_tokens": 1000}, "max_new_tokens"),
+    ({"max_new_tokens": 16, "block_length": 5}, "block_length"),
+    ({"max_new_tokens": 16, "block_length": 8, "steps": 3}, "steps"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "1 " * 1100}, "prompt"),
+    ({"prompt": None}, "prompt"),
+    ({"messages": [{"role": "user", "content": "x"}]}, "prompt"),
+    ({"prompt": None, "messages": []}, "messages"),
+    ({"prompt": None, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+    ({"temperature": -1}, "temperature"),
+    ({"seed": -1}, "seed"),
+    ({"ab": "no_such_experiment"}, "ab"),
+    ({"reference": "forty"}, "reference"),
+    ({"max_new_tokens": "sixteen"}, "max_new_tokens"),
+    ({"stream": "sometimes"}, "stream"),
+    ({"bogus_knob": 1}, "bogus_knob"),
+])
+def test_bad_generate_requests_are_422_naming_the_field(client, body, field):
+    r = client.post("/generate", json={"prompt": PROMPT, **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field and field in r.json()["detail"]
+
+
+GARBAGE = [
+    b"", b"not json", b"{", b"[]", b"null", b"123", b'"a string"', b"\xff\xfe\x00\x01",
+    b"[" * 50_000, b'{"prompt": 5}', b'{"prompt": ["a", 1]}', b'{"prompt": {"a": 1}}',
+    b'{"prompt": "x", "max_new_tokens": 1e400}', b'{"prompt": "x", "seed": 1e30}',
+    b'{"prompt": "x", "max_new_tokens": 99999999999999999999999999999}',
+    b'{"prompt": "x", "seed": 99999999999999999999999999}',
+    b'{"prompt": "x", "temperature": NaN}', b'{"prompt": "x", "temperature": Infinity}',
+    b'{"prompt": "x", "sampler_params": {"threshold": NaN}}',
+    b'{"prompt": "x", "sampler_params": [1, 2]}', b'{"prompt": "x", "sampler": ["a"]}',
+    b'{"prompt": "\\ud800", "max_new_tokens": 4}', b'{"prompt": "x", "user": "\\udfff"}',
+    b'{"prompt": "x", "block_length": 0}', b'{"prompt": "x", "steps": -5}',
+    b'{"\\ud800": 1}', b'{"messages": "hi", "model": 7}',
+    b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
+    b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}',
+    b'{"model": ["x"], "prompt": [[1, 2], [3]]}', b'{"prompt": [99999999], "model": "m"}',
+    b'{"arms": {}}', b'{"arms": {"a": {"sampler": 5}}}', b'{"arms": []}',
+    b'{"arms": {"a": {"sampler": "random", "weight": -1}}}',
+    b'{"request_id": 5, "score": 2}', b'{"request_id": "x", "score": NaN}',
+]
+ENDPOINTS = [("POST", "/generate"), ("POST", "/v1/completions"),
+             ("POST", "/v1/chat/completions"), ("PUT", "/ab/garbage"),
+             ("POST", "/ab/garbage/feedback")]
+
+
+def test_garbage_never_gets_a_500(client):
+    for method, path in ENDPOINTS:
+        for body in GARBAGE:
+            for ctype in ("application/json", "text/plain"):
+                r = client.request(method, path, content=body, headers={"content-type": ctype})
+                assert r.status_code < 500, (method, path, body[:80], r.text)
+                r.json()
+    for method, path in [("GET", "/ab/%ff%fe"), ("DELETE", "/generate"), ("GET", "/generate"),
+                         ("GET", "/samplers?x=%00"), ("POST", "/health"), ("GET", "/nope"),
+                         ("POST", "/v1/models")]:
+        assert client.request(method, path).status_code < 500, (method, path)
+
+
+# ---- the engine loop: queueing, cancellation -----------------------------------------------------
+def test_full_queue_is_429_and_cancelled_clients_free_their_slots(client):
+    before = scrape(client)
+
+    def load(name: str, n: int):
+        return lambda: total(scrape(client), f"unmaskd_requests_{name}") == n
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=str(client.base_url), headers=AUTH,
+                                     timeout=60) as ac:
+            slow = [asyncio.ensure_future(ac.post("/generate", json=SLOW)) for _ in range(4)]
+            try:  # fill the batch, then the queue (in two waves: the queue bound is strict)
+                assert await asyncio.to_thread(wait_for, load("running", 4))
+                slow += [asyncio.ensure_future(ac.post("/generate", json=SLOW))
+                         for _ in range(4)]
+                assert await asyncio.to_thread(wait_for, load("waiting", 4))
+                return await ac.post("/generate", json=SLOW)
+            finally:
+                for task in slow:
+                    task.cancel()
+                await asyncio.gather(*slow, return_exceptions=True)
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert wait_for(lambda: total(scrape(client), "unmaskd_requests_running") == 0
+                    and total(scrape(client), "unmaskd_requests_waiting") == 0, 5)
+    after = scrape(client)
+    cancelled = total(after, "unmaskd_requests_total", status="cancelled") - total(
+        before, "unmaskd_requests_total", status="cancelled")
+    rejected = total(after, "unmaskd_requests_total", status="rejected") - total(
+        before, "unmaskd_requests_total", status="rejected")
+    assert (cancelled, rejected) == (8, 1)
+
+
+def test_closing_a_stream_cancels_the_request(client, server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as other:
+        start = time.monotonic()
+        with other.stream("POST", "/generate", json={**SLOW, "stream": True}) as r:
+            lines = r.iter_lines()
+            while not next(lines).startswith("data: "):
+                pass
+            assert total(scrape(client), "unmaskd_requests_running") == 1
+    assert wait_for(lambda: total(scrape(client), "unmaskd_requests_running") == 0, 5)
+    assert time.monotonic() - start < 3  # the whole request would take several seconds
+    assert generate(client, max_new_tokens=8)["finish_reason"] in ("stop", "length")
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def test_metrics_agree_with_what_clients_saw(client, oai, model_name, tokenizer):
+    before = scrape(client)
+    seen: dict[str, list[tuple[int, int, int]]] = defaultdict(list)  # gen_length, nfe, prompt
+    n_prompt = len(tokenizer.encode(PROMPT).ids)
+    for i, name in enumerate(USABLE[:3] * 2):
+        out = generate(client, sampler=name, max_new_tokens=16 + 8 * (i % 2), seed=i)
+        seen[name].append((len(out["token_ids"]), out["nfe"], n_prompt))
+    r = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=24,
+                               extra_body={"sampler": USABLE[0]})
+    seen[USABLE[0]].append((24, r.unmaskd["nfe"], n_prompt))
+    after = scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    for name, rows in seen.items():
+        tokens, nfe, prompt = (sum(col) for col in zip(*rows, strict=True))
+        assert delta("unmaskd_generated_tokens_total", sampler=name) == tokens
+        assert delta("unmaskd_denoise_steps_total", sampler=name) == nfe
+        assert delta("unmaskd_prompt_tokens_total", sampler=name) == prompt
+        assert delta("unmaskd_tokens_per_step_count", sampler=name) == len(rows)
+        assert math.isclose(delta("unmaskd_tokens_per_step_sum", sampler=name),
+                            sum(g / n for g, n, _ in rows))
+        done = delta("unmaskd_requests_total", sampler=name, status="stop") + delta(
+            "unmaskd_requests_total", sampler=name, status="length")
+        assert done == len(rows) == delta("unmaskd_request_latency_seconds_count", sampler=name)
+        assert delta("unmaskd_queue_time_seconds_count", sampler=name) == len(rows)
+    n_steps = delta("unmaskd_step_duration_seconds_count")
+    assert n_steps == sum(n for rows in seen.values() for _, n, _ in rows)  # one at a time
+    assert delta("unmaskd_batch_size_count") == delta("unmaskd_batch_size_sum") == n_steps
+    assert delta("unmaskd_sampler_overhead_seconds_count") == n_steps
+    assert total(after, "unmaskd_requests_running") == 0
+    assert total(after, "unmaskd_requests_waiting") == 0
+    assert all(dict(ls)["model"] == model_name for (n, ls) in after if n.startswith("unmaskd_"))
+
+
+# ---- settings ------------------------------------------------------------------------------------
+def test_settings_from_flags_then_environment(monkeypatch):
+    monkeypatch.setenv("UNMASKD_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("UNMASKD_PORT", "9001")
+    s = parse_settings(["--port", "9000", "--api-key", "k", "--shutdown-timeout", "2.5"])
+    assert (s.port, s.max_batch_size, s.api_key, s.shutdown_timeout) == (9000, 7, "k", 2.5)
+    assert (s.host, s.max_queue, s.ab_config) == ("127.0.0.1", 256, None)
+    with pytest.raises(ValidationError):
+        parse_settings(["--max-batch-size", "0"])
+
+
+# ---- in-process failure injection ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir) -> Engine:
+    return Engine.from_dir(tiny_model_dir, default_gen_length=16)
+
+
+class Exploding(Sampler):
+    name = "exploding"
+
+    def select(self, view):
+        raise RuntimeError("sampler bug")
+
+
+def test_a_failing_step_fails_its_batch_and_the_loop_goes_on(engine, tiny_model_dir,
+                                                             monkeypatch):
+    monkeypatch.setitem(registered_samplers(), "exploding", Exploding)
+    app = create_app(ServerSettings(model=tiny_model_dir), engine)
+    with TestClient(app) as tc:
+        r = tc.post("/generate", json={"prompt": PROMPT, "sampler": "exploding"})
+        assert r.status_code == 500 and "sampler bug" in r.json()["detail"]
+        ok = tc.post("/generate", json={"prompt": PROMPT, "sampler": "topk_confidence"})
+        assert ok.status_code == 200 and tc.get("/health").status_code == 200
+        assert 'status="error"} 1.0' in tc.get("/metrics").text
+
+
+def test_health_is_503_when_the_engine_loop_dies(engine, tiny_model_dir):
+    app = create_app(ServerSettings(model=tiny_model_dir), engine)
+    with TestClient(app) as tc:
+        scheduler = app.state.service.scheduler
+
+        def broken_admit(job):
+            raise RuntimeError("scheduler bug")
+
+        scheduler._admit = broken_admit  # outside the per-step guard: kills the thread
+        assert tc.post("/generate", json={"prompt": PROMPT}).status_code == 500
+        assert wait_for(lambda: not scheduler.alive, 5)
+        assert tc.get("/health").status_code == 503
+        assert tc.post("/generate", json={"prompt": PROMPT}).status_code == 503
+
+
+# ---- shutdown ------------------------------------------------------------------------------------
+def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
+    srv = launch_server(env={"UNMASKD_SHUTDOWN_TIMEOUT": "4"})
+    results: dict[str, httpx.Response] = {}
+    events: list = []
+    first_event = threading.Event()
+
+    def short() -> None:  # in flight at SIGTERM, finishes within the timeout
+        body = {"prompt": PROMPT, "sampler": "topk_confidence", "max_new_tokens": 16,
+                "block_length": 16, "steps": 16, "stream": True}
+        with httpx.stream("POST", srv.url + "/generate", json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line)
+                    first_event.set()
+
+    def long() -> None:  # cannot finish within the timeout: cancelled
+        results["long"] = httpx.post(srv.url + "/generate", timeout=60,
+                                     json={**SLOW, "max_new_tokens": 768, "block_length": 768,
+                                           "steps": 768})
+
+    threads = [threading.Thread(target=long), threading.Thread(target=short)]
+    threads[0].start()
+    with httpx.Client(base_url=srv.url) as c:
+        assert wait_for(lambda: total(scrape(c), "unmaskd_requests_running") == 1, 10)
+    threads[1].start()
+    assert first_event.wait(20)
+    sent = time.monotonic()
+    os.kill(srv.proc.pid, signal.SIGTERM)
+    assert wait_for(lambda: httpx.get(srv.url + "/health").status_code == 503, 2)
+    assert httpx.post(srv.url + "/generate", json={"prompt": PROMPT}).status_code == 503
+    for t in threads:
+        t.join(30)
+    assert srv.proc.wait(20) == 0, srv.log()
+    assert time.monotonic() - sent < 4 + 6
+    assert events[-1] == "data: [DONE]"
+    final = json.loads(events[-2][len("data: "):])
+    assert final["finish_reason"] in ("stop", "length") and final["nfe"] == 16
+    assert results["long"].status_code == 503 and "shut down" in results["long"].json()["detail"]
