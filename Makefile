@@ -15,8 +15,12 @@ install: $(BIN)/unmaskd
 serve: install
 	$(BIN)/unmaskd serve
 
-test: install
-	OMP_NUM_THREADS=2 $(BIN)/ruff check .
+# Debian's prometheus and docker-compose for the deploy tests (needs root, as in CI).
+test-deps:
+	bash .ci/deps.sh
+
+test: install test-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-.PHONY: install serve test
+.PHONY: install serve test test-deps
