@@ -89,6 +89,16 @@ def top_n_mask(scores: torch.Tensor, candidate: torch.Tensor, n: torch.Tensor) -
     return (ranks < n[:, None]) & candidate
 
 
+def sorted_prefix_mask(ok_sorted: torch.Tensor, order: torch.Tensor,
+                       candidate: torch.Tensor) -> torch.Tensor:
+    """Rules that commit the longest prefix of a ranking: `ok_sorted[:, i]` says whether rank i
+    passes; keep ranks up to the first failure (at least the first), mapped back to positions."""
+    ok_sorted = ok_sorted.clone()
+    ok_sorted[:, 0] = True  # at least one (the engine drops it again if there is no candidate)
+    take = ok_sorted.cumprod(-1).bool()
+    return torch.zeros_like(candidate).scatter(-1, order, take) & candidate
+
+
 def counter_uniform(keys: torch.Tensor, width: int) -> torch.Tensor:
     """Uniforms in (0, 1) of shape [n, width] from per-row int64 keys: a counter-based hash
     (murmur3's fmix32 over key and column), so a row's draws never depend on its batch."""

@@ -5,7 +5,7 @@ prefix whose entropy sum minus its largest entropy is <= gamma; at least one.
 import torch
 from pydantic import Field
 
-from sampler_plugins.base import Sampler, SamplerParams, StepView
+from sampler_plugins.base import Sampler, SamplerParams, StepView, sorted_prefix_mask
 
 
 class EBParams(SamplerParams):
@@ -26,7 +26,4 @@ class EntropyBounded(Sampler):
         finite = torch.isfinite(sorted_e)
         # Sorted ascending, the prefix's largest entropy is its last one.
         prefix_cost = torch.cumsum(sorted_e.masked_fill(~finite, 0.0), -1) - sorted_e
-        ok = (prefix_cost <= self.gamma) & finite
-        ok[:, 0] = True
-        take_sorted = ok.cumprod(-1).bool()
-        return torch.zeros_like(view.candidate).scatter(-1, order, take_sorted) & view.candidate
+        return sorted_prefix_mask((prefix_cost <= self.gamma) & finite, order, view.candidate)

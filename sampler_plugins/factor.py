@@ -6,7 +6,7 @@ committed set is the prefix of ranks that satisfy it.
 import torch
 from pydantic import Field
 
-from sampler_plugins.base import Sampler, SamplerParams, StepView
+from sampler_plugins.base import Sampler, SamplerParams, StepView, sorted_prefix_mask
 
 
 class FactorParams(SamplerParams):
@@ -26,6 +26,4 @@ class Factor(Sampler):
         sorted_c, order = torch.sort(scores, dim=-1, descending=True, stable=True)
         n = torch.arange(1, scores.shape[-1] + 1, device=scores.device, dtype=torch.float64)
         ok = ((n + 1) * (1 - sorted_c) < self.factor) & (sorted_c >= 0)
-        ok[:, 0] = True  # at least one (the engine drops it again if there is no candidate)
-        take_sorted = ok.cumprod(-1).bool()
-        return torch.zeros_like(view.candidate).scatter(-1, order, take_sorted) & view.candidate
+        return sorted_prefix_mask(ok, order, view.candidate)

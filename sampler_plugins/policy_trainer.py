@@ -214,6 +214,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
                 meta["training"]["iterations_done"] = it + 1
                 meta["training"]["wall_s"] = round(time.time() - t_start, 1)
                 save_policy(net, out / "policy", meta)
+                write_card(out / "policy", meta, record)
     bar.close()
     if distributed:
         checksum = torch.tensor([sum(p.double().sum().item() for p in net.parameters())])
@@ -259,6 +260,27 @@ def validate(engine: Engine, n: int, gen_length: int, block_length: int) -> dict
         STORE.policies[TRAIN_POLICY].record = True
     acc = sum(check_answer(r.text, p.value) for r, p in zip(results, problems)) / n
     return {"val_accuracy": acc, "val_nfe": sum(r.nfe for r in results) / n}
+
+
+def write_card(policy_dir: Path, meta: dict, last: dict) -> None:
+    """The policy card: what it is for, how it was trained, what it cost."""
+    t = meta["training"]
+    mode = "full diffusion" if meta["block_length"] == meta["gen_length"] else \
+        f"block length {meta['block_length']}"
+    lines = [
+        f"# Learned unmasking policy `{meta['name']}`", "",
+        f"- dLLM: `{meta['model']['name']}` (fingerprint `{meta['model']['fingerprint']}`), "
+        f"canvas {meta['gen_length']}, {mode}",
+        f"- reward: correct x ((L - min(NFE, L) + 1) / L)^alpha, alpha = {meta['alpha']}",
+        f"- trained: {t['iterations_done']} GRPO iterations of {t['prompts_per_step']} prompts x "
+        f"{t['group_size']} rollouts x {t['world_size']} rank(s), lr {t['lr']}, mu {t['mu']}, "
+        f"clip {t['clip']}, seed {t['seed']}",
+        f"- cost: {t['wall_s'] / 60:.1f} min wall time",
+        f"- last iteration: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}, "
+        f"NFE {last['nfe']:.1f}",
+        f"- command: `{t['command']}`", "",
+    ]
+    (policy_dir / "README.md").write_text("\n".join(lines))
 
 
 def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world: int) -> dict:
