@@ -2,7 +2,9 @@
 
 Dream commits n = int(masked * (1 - s / t)) positions per step on the time grid
 t_i = linspace(1, eps, steps + 1), and everything left at the last step. Here the grid runs over
-each block's step budget and `masked` counts the block's still-masked positions.
+each block's step budget and `masked` counts the block's still-masked positions. Where Dream
+would commit nothing (n = 0), we commit the single best-ranked position: the engine never
+spends a step without committing.
 """
 
 import torch
@@ -21,7 +23,9 @@ def dream_count(view: StepView, eps: torch.Tensor) -> torch.Tensor:
     t = 1 - (1 - eps.squeeze(-1)) * i / steps
     s = 1 - (1 - eps.squeeze(-1)) * (i + 1) / steps
     masked = view.candidate.sum(-1)
-    n = (masked.double() * (1 - s / t)).floor().long()
+    # Dream may transfer 0 tokens in a step; the engine commits at least one, so take it by
+    # this rule's own ranking rather than leave the choice to the engine's confidence fallback.
+    n = (masked.double() * (1 - s / t)).floor().long().clamp(min=1)
     return torch.where(view.step_in_block + 1 >= view.steps_per_block, masked, n)
 
 

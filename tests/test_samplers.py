@@ -87,6 +87,9 @@ def test_margin_and_entropy_rank_and_dream_schedule():
     # 4 masked: int(4 * 0.4995) = 1 (Dream rounds down)
     v = view([0.5] * 4, entropy=[1.0, 0.1, 0.3, 2.0], steps_per_block=2)
     assert picked(e.select(v)) == [1]
+    # 4 masked, 8 steps: int(4 * 0.125) = 0 in Dream; we take the best by this rule's ranking
+    v = view([0.9, 0.5, 0.5, 0.5], entropy=[1.0, 0.1, 0.3, 2.0], steps_per_block=8)
+    assert picked(e.select(v)) == [1]
     # last step of the budget: everything left
     v = view([0.5] * 4, entropy=[1.0, 0.1, 0.3, 2.0], steps_per_block=2, step_in_block=1)
     assert picked(e.select(v)) == [0, 1, 2, 3]
