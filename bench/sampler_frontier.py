@@ -12,6 +12,7 @@ bench/results/frontier-<setting>.{json,png,md}.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch
 from dllm import EMBEDDED_MODEL_DIR
 from server.cli import load_policies
 from server.engine import Engine
-from server.evaluate import format_table, run_eval
+from server.evaluate import format_table, plot_pareto, run_eval
 
 L = 48
 # steps must be a multiple of the number of blocks: 4 in block mode, 1 in full diffusion
@@ -46,17 +47,33 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="sampler names to run (default: all)")
+    ap.add_argument("--specs", nargs="*", help="run these SPECs instead of the built-in sweep")
+    ap.add_argument("--append", action="store_true",
+                    help="add the rows to an existing result instead of replacing it")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     engine = Engine.from_dir(EMBEDDED_MODEL_DIR, default_gen_length=L)
     load_policies(EMBEDDED_MODEL_DIR / "policies", EMBEDDED_MODEL_DIR)
-    specs = [s for s in SWEEPS[args.setting] if not args.only or s.split(":")[0] in args.only]
+    specs = args.specs or [s for s in SWEEPS[args.setting]
+                           if not args.only or s.split(":")[0] in args.only]
     block_length = L // 4 if args.setting == "block" else L
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"frontier-{args.setting}-{args.split}"
-    rows = run_eval(engine, args.split, args.n, specs, block_length, L, stem.with_suffix(".json"),
-                    stem.with_suffix(".png"), batch_size=128)
+    rows = run_eval(engine, args.split, args.n, specs, block_length, L, None, None,
+                    batch_size=128)
+    if args.append and stem.with_suffix(".json").exists():
+        old = json.loads(stem.with_suffix(".json").read_text())["results"]
+        labels = {r["label"] for r in rows}
+        rows = [r for r in old if r["label"] not in labels] + rows
+        order = list(dict.fromkeys(s.split(":")[0] for s in SWEEPS[args.setting]))
+        rows.sort(key=lambda r: (order.index(r["sampler"]) if r["sampler"] in order
+                                 else len(order), r["mean_nfe"]))
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"split": args.split, "n": args.n, "block_length": block_length, "gen_length": L,
+         "results": rows}, indent=2))
+    mode = "full diffusion" if args.setting == "full" else f"block length {block_length}"
+    plot_pareto(rows, stem.with_suffix(".png"), f"{args.split} split, n={args.n}, {mode}")
     stem.with_suffix(".md").write_text(format_table(rows) + "\n")
 
 
