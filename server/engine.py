@@ -122,9 +122,11 @@ class Engine:
 
     def cancel(self, request_id: int) -> None:
         """Retire a request at the next step (its result has finish_reason 'cancelled')."""
-        for seq in self.active:
+        for b, seq in enumerate(self.active):
             if seq.id == request_id:
                 seq.cancelled = True
+                if not self._dirty:
+                    self.cancelled_host[b] = True
 
     def abort_all(self) -> None:
         """Drop every active request (after a failed step, or at shutdown)."""
@@ -189,15 +191,24 @@ class Engine:
         self.groups = [(cls(
             [seqs[b].vr.params for b in rows], dev), torch.tensor(rows, device=dev), rows)
             for cls, rows in groups.items()]
+        # Block bookkeeping lives on the host as tensors, advanced by each step's status read
+        # and written back to the sequences only when membership changes.
+        self.block_host = torch.tensor([s.block for s in seqs])
+        self.step_in_block_host = torch.tensor([s.step_in_block for s in seqs])
+        self.nfe_host = torch.tensor([s.nfe for s in seqs])
+        self.cancelled_host = torch.tensor([s.cancelled for s in seqs])
+        self.watched = [b for b, s in enumerate(seqs) if s.vr.request.watch]
         self._dirty = False
 
     def _sync_out(self) -> None:
         """Copy the batch's canvases back into the sequences before membership changes."""
         canvas = self.ids[:, self.P:].cpu()
         trace = self.trace.cpu()
-        for b, s in enumerate(self.active):
+        counters = torch.stack([self.block_host, self.step_in_block_host, self.nfe_host], -1)
+        for b, (s, (block, step_in_block, nfe)) in enumerate(zip(self.active, counters.tolist())):
             L = s.vr.gen_length
             s.canvas, s.trace = canvas[b, :L].clone(), trace[b, :L].clone()
+            s.block, s.step_in_block, s.nfe = block, step_in_block, nfe
 
     # ---- one denoising step -------------------------------------------------------------
     @torch.no_grad()
@@ -214,9 +225,9 @@ class Engine:
         # Block bookkeeping is host-side (updated by the previous step's status read), so the
         # rows to gather are known without asking the device: the current block, or the whole
         # canvas for samplers that look at it.
-        block = torch.tensor([s.block for s in seqs])
-        step_in_block = torch.tensor([s.step_in_block for s in seqs]).to(dev)
-        nfe = torch.tensor([s.nfe for s in seqs]).to(dev)
+        block = self.block_host
+        step_in_block = self.step_in_block_host.to(dev)
+        nfe = self.nfe_host.to(dev)
         col = torch.arange(W)
         block_start = (block * self.block_len_host)[:, None]
         in_block_host = (col >= block_start) & (col < block_start + self.block_len_host[:, None])
@@ -256,25 +267,22 @@ class Engine:
         masked = (canvas == self.mask_id) & self.valid
         block_done = ~(masked & in_block).any(-1)
         all_done = ~masked.any(-1) | eos_done
-        watched = [b for b, s in enumerate(seqs) if s.vr.request.watch]
+        watched = self.watched
         # The one host synchronisation of the step.
-        status = torch.stack([block_done, all_done], -1).cpu().tolist()
+        status = torch.stack([block_done, all_done], -1).cpu()
+        block_done, done = status[:, 0], status[:, 1] | self.cancelled_host
+        self.nfe_host += 1
+        self.step_in_block_host = torch.where(block_done, 0, self.step_in_block_host + 1)
+        self.block_host += block_done.long()
         events = []
         if watched:
             commit_host, canvas_host = commit[watched].cpu(), canvas[watched].cpu()
             for i, b in enumerate(watched):
                 L = seqs[b].vr.gen_length
-                events.append(StepEvent(seqs[b].id, seqs[b].nfe + 1,
+                events.append(StepEvent(seqs[b].id, int(self.nfe_host[b]),
                                         commit_host[i, :L].nonzero().flatten().tolist(),
                                         canvas_host[i, :L].tolist()))
-        finished = []
-        for s, (bdone, done) in zip(seqs, status):
-            s.nfe += 1
-            s.step_in_block += 1
-            if bdone:
-                s.block, s.step_in_block = s.block + 1, 0
-            if done or s.cancelled:
-                finished.append(s)
+        finished = [seqs[b] for b in done.nonzero().flatten().tolist()]
         if finished:
             self._sync_out()
             self.active = [s for s in seqs if s not in finished]
