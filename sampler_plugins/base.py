@@ -44,6 +44,9 @@ class StepView:
     gen_length: torch.Tensor  # [n] long
     rng_keys: torch.Tensor  # [n] int64: per-row counter-based RNG key for this step
     probs: torch.Tensor | None = None  # [n, W, V] full distributions, only if needs_probs
+    # [n, W, width] fp32: the input layer the sampler asked for in policy_input(), applied to
+    # each position's statistics by the confidence kernel; None if not asked (or not granted)
+    embedding: torch.Tensor | None = None
     states: list[dict] = field(default_factory=list)  # per-row persistent sampler state
 
 
@@ -64,6 +67,12 @@ class Sampler:
 
     def select(self, view: StepView) -> torch.Tensor:
         raise NotImplementedError
+
+    def policy_input(self) -> tuple[torch.Tensor, torch.Tensor | None, tuple[str, ...]] | None:
+        """(weight [width, F], bias, feature names) of a linear layer over the per-position
+        statistics that the confidence kernel should apply in the same launch (the result comes
+        back as `view.embedding`); None: not wanted. The engine grants one sampler per step."""
+        return None
 
     def param_tensor(self, name: str, dtype=torch.float32) -> torch.Tensor:
         """One parameter of every row as a [n, 1] tensor (built once per membership change)."""

@@ -6,7 +6,9 @@ an unmask probability s = min(1, beta * sigmoid(b / policy_temperature)). Only t
 block's masked positions are decided (the engine enforces this anyway).
 
 Modes: `bernoulli` draws every position independently (training); `bernoulli-argmax` (serving
-default) commits the most probable position when the draw is empty.
+default) commits the most probable position when the draw is empty. The trainer's expert
+steering runs rollouts whose commits follow Fast-dLLM's threshold rule (a policy with
+`expert_threshold` set) while recording the network's likelihood of them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,17 @@ class Learned(Sampler):
         self.beta = self.param_tensor("beta")
         self.argmax = torch.tensor([p.mode == "bernoulli-argmax" for p in params], device=device)
 
+    def policy_input(self):
+        """Let the confidence kernel compute the input layer when every row uses one policy
+        (the trainer's recording rollouts keep the raw features for the loss instead)."""
+        names = set(self.policy_names)
+        if len(names) != 1:
+            return None
+        policy = STORE.policies[names.pop()]
+        if policy.record or policy.expert_threshold is not None:
+            return None
+        return policy.net.input.weight, policy.net.input.bias, policy.net.features
+
     def select(self, view: StepView) -> torch.Tensor:
         commit = torch.zeros_like(view.candidate)
         for name in dict.fromkeys(self.policy_names):
@@ -75,21 +88,33 @@ class Learned(Sampler):
     def _decide(self, policy, view: StepView, idx: torch.Tensor, rows: list[int]) -> torch.Tensor:
         net = policy.net
         dev = device_of(net)
-        feats = policy_features(view, net.features)[idx].to(dev)
         mask_bits, valid = view.masked[idx].to(dev), view.valid[idx].to(dev)
         t = (view.nfe[idx].float() / view.gen_length[idx].float()).to(dev)
-        logits = net(feats, mask_bits, t, valid).to(view.prob.device)
+        if view.embedding is not None:  # the kernel already applied net.input
+            logits = net.forward_embedded(view.embedding[idx].to(dev), mask_bits, t, valid)
+        else:
+            feats = policy_features(view, net.features)[idx].to(dev)
+            logits = net(feats, mask_bits, t, valid)
+        logits = logits.to(view.prob.device)
         s = unmask_probs(logits, self.tau[idx], self.beta[idx])
         decide = view.candidate[idx]
-        u = counter_uniform(view.rng_keys[idx] ^ 0x5DEECE66D, s.shape[-1]).to(s.dtype)
-        action = (u < s) & decide
-        empty = ~action.any(-1, keepdim=True) & self.argmax[idx][:, None]
-        best = s.masked_fill(~decide, -1.0).argmax(-1, keepdim=True)
+        if policy.expert_threshold is None:
+            u = counter_uniform(view.rng_keys[idx] ^ 0x5DEECE66D, s.shape[-1]).to(s.dtype)
+            action = (u < s) & decide
+            fallback, score = self.argmax[idx][:, None], s
+        else:  # expert steering: Fast-dLLM's rule picks, the network only scores the pick
+            conf = view.prob[idx]
+            action = (conf >= policy.expert_threshold) & decide
+            fallback, score = torch.ones_like(action[:, :1]), conf
+        empty = ~action.any(-1, keepdim=True) & fallback
+        best = score.masked_fill(~decide, -1.0).argmax(-1, keepdim=True)
         action = action | (empty & torch.zeros_like(action).scatter(-1, best, True) & decide)
         if policy.record:
             logp = bernoulli_log_prob(s, action, decide)
+            expert = torch.tensor(policy.expert_threshold is not None, device=dev)
             for j, row in enumerate(rows):
                 view.states[row].setdefault("steps", []).append({
                     "feats": feats[j], "mask_bits": mask_bits[j], "t": t[j], "valid": valid[j],
-                    "decide": decide[j], "action": action[j], "logp": logp[j]})
+                    "decide": decide[j], "action": action[j], "logp": logp[j],
+                    "expert": expert})
         return action

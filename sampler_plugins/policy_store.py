@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +45,9 @@ class Policy:
     net: PolicyNet
     meta: dict
     record: bool = False  # trainer only: keep per-step inputs and actions for the GRPO loss
-    records: list = field(default_factory=list)
+    # Trainer only (expert steering): commit by Fast-dLLM's threshold rule at this confidence
+    # instead of the network's draw; the network's log-likelihood of that commit is recorded.
+    expert_threshold: float | None = None
 
     @property
     def block_length(self) -> int:

@@ -10,6 +10,11 @@ rewards are all equal are skipped; a per-step PPO ratio clipped at epsilon; mu p
 rollout batch; no KL term. Rollouts record each step's policy inputs and actions, so the loss
 needs no second dLLM pass.
 
+Expert steering (`--expert-rollouts E`, meant for full diffusion): each group also gets E
+rollouts whose commits follow Fast-dLLM's threshold rule; they share the group's advantage
+baseline, and their likelihood is taken under the mixture lambda * policy + (1 - lambda) *
+expert, where the deterministic expert gives its own commit probability 1.
+
 One deviation: the engine commits at least one token per step whatever a sampler returns, so an
 empty Bernoulli draw still makes progress (the dLLM's most confident position) instead of
 wasting the step; the loss uses the policy's own draw.
@@ -42,6 +47,7 @@ from server.sequence import GenerationRequest, SequenceResult
 from tasks.arithmetic import Problem, check_answer, make_split
 
 TRAIN_POLICY = "__training__"
+TRAIN_EXPERT = "__training_expert__"
 RewardFn = Callable[[SequenceResult, Problem, int], float]
 
 
@@ -67,6 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--mu", type=int, default=2, help="optimisation passes per rollout batch")
+    ap.add_argument("--expert-rollouts", type=int, default=0,
+                    help="expert steering: threshold rollouts appended to each group (0: off)")
+    ap.add_argument("--expert-threshold", type=float, default=0.9)
+    ap.add_argument("--expert-mix", type=float, default=0.5,
+                    help="lambda: the policy's weight in the policy/expert mixture likelihood")
     ap.add_argument("--clip", type=float, default=0.5)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=10)
@@ -80,7 +91,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--default", action="store_true", help="mark as the default for its mode")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.expert_rollouts < 0:
+        ap.error("--expert-rollouts must be >= 0")
+    if not 0.0 < args.expert_mix <= 1.0:
+        ap.error("--expert-mix must be in (0, 1]")
+    if not 0.0 < args.expert_threshold <= 1.0:
+        ap.error("--expert-threshold must be in (0, 1]")
+    return args
 
 
 def rollout_seed(*parts: int) -> int:
@@ -93,7 +111,16 @@ def lr_factor(it: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(1, total - warmup)))
 
 
-def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float) -> torch.Tensor:
+def mixture_log_prob(logp: torch.Tensor, expert: torch.Tensor, mix: float) -> torch.Tensor:
+    """Expert steps: log(mix * p_policy + (1 - mix) * 1); policy steps: log p_policy."""
+    if mix >= 1.0:
+        return logp
+    mixed = torch.logaddexp(logp + math.log(mix), torch.full_like(logp, math.log1p(-mix)))
+    return torch.where(expert, mixed, logp)
+
+
+def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float,
+              expert_mix: float = 1.0) -> torch.Tensor:
     """Clipped PPO objective over every recorded step (mean over steps)."""
     feats = torch.stack([s["feats"] for s in steps])
     logits = net(feats, torch.stack([s["mask_bits"] for s in steps]),
@@ -101,7 +128,9 @@ def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float) -> 
     decide = torch.stack([s["decide"] for s in steps])
     logp = bernoulli_log_prob(unmask_probs(logits), torch.stack([s["action"] for s in steps]),
                               decide)
-    ratio = torch.exp(logp - torch.stack([s["logp"] for s in steps]))
+    expert = torch.stack([s["expert"] for s in steps])
+    old = mixture_log_prob(torch.stack([s["logp"] for s in steps]), expert, expert_mix)
+    ratio = torch.exp(mixture_log_prob(logp, expert, expert_mix) - old)
     clipped = ratio.clamp(1 - clip, 1 + clip)
     return -torch.minimum(ratio * advantages, clipped * advantages).mean()
 
@@ -145,9 +174,11 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             kept = [ln for ln in log_path.read_text().splitlines()
                     if json.loads(ln).get("iteration", 0) <= start]
             log_path.write_text("".join(ln + "\n" for ln in kept))
-    policy = Policy(TRAIN_POLICY, net, {"block_length": block_length}, record=True)
-    STORE.add(policy)
-    P, G = args.prompts_per_step, args.group_size
+    STORE.add(Policy(TRAIN_POLICY, net, {"block_length": block_length}, record=True))
+    STORE.add(Policy(TRAIN_EXPERT, net, {"block_length": block_length}, record=True,
+                     expert_threshold=args.expert_threshold))
+    P, G, E = args.prompts_per_step, args.group_size, args.expert_rollouts
+    is_expert = [g >= G for _ in range(P) for g in range(G + E)]
     problems = make_split("train", args.iterations * P * world)
     meta = policy_meta(args, argv, model_dir, block_length, world)
     t_start = time.time()
@@ -158,14 +189,17 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         net.eval()
         reqs = [GenerationRequest(
             engine.tokenizer(p.prompt)["input_ids"], "learned",
-            {"policy": TRAIN_POLICY, "mode": "bernoulli"}, gen_length=L,
-            block_length=block_length, steps=L, seed=rollout_seed(args.seed, it, rank, i, g))
-            for i, p in enumerate(batch) for g in range(G)]
+            {"policy": TRAIN_EXPERT if g >= G else TRAIN_POLICY, "mode": "bernoulli"},
+            gen_length=L, block_length=block_length, steps=L,
+            seed=rollout_seed(args.seed, it, rank, i, g))
+            for i, p in enumerate(batch) for g in range(G + E)]
         results = engine.generate(reqs, max_batch_size=len(reqs))
-        rewards = torch.tensor([reward_fn(r, batch[i // G], L) for i, r in enumerate(results)])
-        groups = rewards.view(P, G)
+        correct = [check_answer(r.text, batch[i // (G + E)].value) for i, r in enumerate(results)]
+        rewards = torch.tensor([reward_fn(r, batch[i // (G + E)], L)
+                                for i, r in enumerate(results)])
+        groups = rewards.view(P, G + E)
         advantages = (groups - groups.mean(1, keepdim=True)).flatten()
-        informative = (groups.max(1).values > groups.min(1).values).repeat_interleave(G)
+        informative = (groups.max(1).values > groups.min(1).values).repeat_interleave(G + E)
         steps, step_adv = [], []
         for r, a, keep in zip(results, advantages.tolist(), informative.tolist()):
             if keep:
@@ -178,19 +212,19 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         for _ in range(args.mu):
             if steps:
                 loss = grpo_loss(model, steps, torch.tensor(step_adv, device=args.device),
-                                 args.clip)
+                                 args.clip, args.expert_mix)
             else:  # nothing to learn on this rank; a zero loss still joins the all-reduce
                 loss = model(*dummy_inputs(net, args.device)).sum() * 0.0
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
             opt.step()
-        all_steps = [s for r in results for s in r.sampler_state.get("steps", [])]
+        own = [i for i, e in enumerate(is_expert) if not e]  # the policy's own rollouts
+        all_steps = [s for i in own for s in results[i].sampler_state.get("steps", [])]
         record = {
-            "iteration": it + 1, "reward": rewards.mean().item(),
-            "accuracy": sum(check_answer(r.text, batch[i // G].value)
-                            for i, r in enumerate(results)) / len(results),
-            "nfe": sum(r.nfe for r in results) / len(results),
+            "iteration": it + 1, "reward": rewards[own].mean().item(),
+            "accuracy": sum(correct[i] for i in own) / len(own),
+            "nfe": sum(results[i].nfe for i in own) / len(own),
             "still_masked": torch.stack([s["mask_bits"].float().sum() / s["valid"].float().sum()
                                          for s in all_steps]).mean().item(),
             "unmask_prob": _mean_unmask_prob(net, all_steps),
@@ -198,6 +232,10 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
             "step_s": round(time.time() - t0, 2),
         }
+        if E:
+            experts = [i for i, e in enumerate(is_expert) if e]
+            record["expert_accuracy"] = sum(correct[i] for i in experts) / len(experts)
+            record["expert_nfe"] = sum(results[i].nfe for i in experts) / len(experts)
         if rank == 0:
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                             nfe=f"{record['nfe']:.1f}")
@@ -225,6 +263,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
                 f.write(json.dumps({"rank_checksums": [g.item() for g in gathered]}) + "\n")
         dist.destroy_process_group()
     STORE.remove(TRAIN_POLICY)
+    STORE.remove(TRAIN_EXPERT)
     return out / "policy"
 
 
@@ -275,6 +314,9 @@ def write_card(policy_dir: Path, meta: dict, last: dict) -> None:
         f"- trained: {t['iterations_done']} GRPO iterations of {t['prompts_per_step']} prompts x "
         f"{t['group_size']} rollouts x {t['world_size']} rank(s), lr {t['lr']}, mu {t['mu']}, "
         f"clip {t['clip']}, seed {t['seed']}",
+        *([f"- expert steering: {t['expert_rollouts']} threshold-{t['expert_threshold']} "
+           f"rollouts per group, mixture weight {t['expert_mix']}"]
+          if t.get("expert_rollouts") else []),
         f"- cost: {t['wall_s'] / 60:.1f} min wall time",
         f"- last iteration: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}, "
         f"NFE {last['nfe']:.1f}",
@@ -300,6 +342,8 @@ def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world
             "data": "tasks.arithmetic train split", "iterations": args.iterations,
             "group_size": args.group_size, "prompts_per_step": args.prompts_per_step,
             "world_size": world, "lr": args.lr, "mu": args.mu, "clip": args.clip,
+            "expert_rollouts": args.expert_rollouts, "expert_threshold": args.expert_threshold,
+            "expert_mix": args.expert_mix,
             "seed": args.seed, "commit": commit,
         },
     }

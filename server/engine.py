@@ -236,19 +236,34 @@ class Engine:
         in_block = in_block_host.to(dev)
         candidate = masked & in_block
         step_keys = mix(mix(self.seed_keys, nfe), 0x2545F491)  # per request and step
+        # A sampler may have the kernel apply its input layer too (the learned policy); one
+        # sampler per step gets it, in the same pass over the logits.
+        asks = [(i, p) for i, (s, _, _) in enumerate(self.groups)
+                if (p := s.policy_input()) is not None]
+        embed_group, policy_input = asks[0] if len(asks) == 1 else (None, None)
         stats = confidence_stats(
             logits[rows, cols],
             temperature=self.temperature[rows] if self.any_sampling else 0.0,
-            seeds=mix(step_keys[rows], cols), exclude_token_id=self.mask_id)
+            seeds=mix(step_keys[rows], cols), exclude_token_id=self.mask_id,
+            policy_input=policy_input)
         grid = {}
         for name in ("token", "prob", "top1", "top2", "entropy"):
             value = getattr(stats, name)
             g = torch.zeros((B, W), dtype=value.dtype, device=dev)
             g[rows, cols] = value
             grid[name] = g
+        embedding = None
+        if stats.embedding is not None:
+            # positions without statistics get the layer of zero features, i.e. its bias, as
+            # the sampler's own input layer would give them from the zero-filled grid
+            bias = policy_input[1]
+            embedding = torch.zeros((B, W, stats.embedding.shape[-1]), device=dev)
+            if bias is not None:
+                embedding += bias.detach().float().to(dev)
+            embedding[rows, cols] = stats.embedding
         commit = torch.zeros((B, W), dtype=torch.bool, device=dev)
         t1 = time.perf_counter()
-        for sampler, row_idx, row_list in self.groups:
+        for i, (sampler, row_idx, row_list) in enumerate(self.groups):
             view = StepView(
                 **{k: v[row_idx] for k, v in grid.items()}, candidate=candidate[row_idx],
                 masked=masked[row_idx], in_block=in_block[row_idx],
@@ -256,6 +271,8 @@ class Engine:
                 steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
                 gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
                 probs=(self._probs(logits[row_idx]) if sampler.needs_probs else None),
+                embedding=(embedding[row_idx] if embedding is not None and i == embed_group
+                           else None),
                 states=[seqs[b].state for b in row_list])
             commit[row_idx] = sampler.select(view).to(torch.bool)
         t2 = time.perf_counter()

@@ -446,3 +446,33 @@ def test_forward_embedded_matches_forward(impl, features):
         assert torch.equal(got, want)
     else:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@needs_triton
+def test_engine_tokens_identical_on_triton_and_torch_paths(monkeypatch):
+    """The embedded model decoded end to end with the interpreted Triton kernel and with the
+    reference: a mixed batch (greedy top-k, sampled threshold, and a learned policy whose input
+    layer the kernel applies) gives the same tokens and step counts."""
+    from dllm import EMBEDDED_MODEL_DIR
+    from sampler_plugins.policy_store import STORE, Policy
+    from server.engine import Engine
+    from server.sequence import GenerationRequest
+
+    engine = Engine.from_dir(EMBEDDED_MODEL_DIR, default_gen_length=24)
+    STORE.add(Policy("kernel-test", randomised_policy(("confidence", "entropy"), seed=3),
+                     {"block_length": 24}))
+    ids = engine.tokenizer("Question: Ava has 12 coins. Ava finds 5 more coins. "
+                           "How many coins does Ava have now?\nAnswer:")["input_ids"]
+    reqs = [GenerationRequest(ids, "topk_confidence", gen_length=24, block_length=6, steps=12),
+            GenerationRequest(ids, "threshold", {"threshold": 0.7}, gen_length=24,
+                              block_length=12, steps=24, temperature=0.8, seed=5),
+            GenerationRequest(ids, "learned", {"policy": "kernel-test", "beta": 2.0},
+                              gen_length=24, block_length=24, steps=24, seed=1)]
+    results = {}
+    try:
+        for backend in ("torch", "triton"):
+            monkeypatch.setenv("UNMASKD_KERNEL", backend)
+            results[backend] = [(r.token_ids, r.step_counts) for r in engine.generate(reqs)]
+    finally:
+        STORE.remove("kernel-test")
+    assert results["triton"] == results["torch"]

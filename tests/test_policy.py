@@ -129,6 +129,52 @@ def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
     assert meta["training"]["iterations_done"] == 12
 
 
+def test_expert_rollouts_follow_the_threshold_rule(tiny_engine, tiny_model_dir):
+    """Expert steering: the commits are exactly Fast-dLLM threshold's; the policy only scores."""
+    ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+    STORE.add(Policy("expert", PolicyNet(), {"block_length": 16}, record=True,
+                     expert_threshold=0.3))
+    try:
+        (expert,) = tiny_engine.generate([GenerationRequest(
+            ids, "learned", {"policy": "expert", "mode": "bernoulli"}, gen_length=16,
+            block_length=16, steps=16)])
+    finally:
+        STORE.remove("expert")
+    (reference,) = tiny_engine.generate([GenerationRequest(
+        ids, "threshold", {"threshold": 0.3}, gen_length=16, block_length=16, steps=16)])
+    assert expert.token_ids == reference.token_ids and expert.nfe == reference.nfe
+    assert max(expert.step_counts) > 1 and min(expert.step_counts) == 1  # both paths
+    steps = expert.sampler_state["steps"]
+    assert len(steps) == expert.nfe and all(bool(s["expert"]) for s in steps)
+    assert [int(s["action"].sum()) for s in steps] == expert.step_counts
+
+
+def test_mixture_likelihood_of_expert_steps():
+    from sampler_plugins.policy_trainer import mixture_log_prob
+
+    logp = torch.log(torch.tensor([0.2, 0.2]))
+    expert = torch.tensor([True, False])
+    got = mixture_log_prob(logp, expert, 0.25)
+    torch.testing.assert_close(got, torch.log(torch.tensor([0.25 * 0.2 + 0.75, 0.2])))
+    torch.testing.assert_close(mixture_log_prob(logp, expert, 1.0), logp)
+
+
+def test_trainer_with_expert_steering_runs(tiny_model_dir, tmp_path):
+    from sampler_plugins.policy_trainer import train
+
+    train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
+           "--block-length", "full", "--iterations", "2", "--prompts-per-step", "2",
+           "--group-size", "4", "--expert-rollouts", "2", "--expert-threshold", "0.5"])
+    log = [json.loads(ln) for ln in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all("expert_accuracy" in r and r["expert_nfe"] >= 1 for r in log)
+    meta = json.loads((tmp_path / "run/policy/policy.json").read_text())
+    assert meta["training"]["expert_rollouts"] == 2
+    assert "expert steering" in (tmp_path / "run/policy/README.md").read_text()
+    assert "__training_expert__" not in STORE.policies
+    with pytest.raises(SystemExit):
+        train(["--out", str(tmp_path / "bad"), "--expert-mix", "0"])
+
+
 def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -171,3 +217,34 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_p
     checksums = lines[-1]["rank_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
     assert lines[-2]["iteration"] == 3 and lines[-2]["zero_advantage"] < 1.0
+
+
+def test_engine_hands_the_policy_its_kernel_embedding(tiny_engine, monkeypatch):
+    """With one policy in the batch the kernel applies its input layer (view.embedding); the
+    commits are exactly those of the network applying it itself."""
+    from sampler_plugins.learned import Learned
+
+    torch.manual_seed(0)
+    net = PolicyNet(("confidence", "margin"))
+    with torch.no_grad():  # fill the zero-initialised adaLN/head so the input matters
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    STORE.add(Policy("emb", net.eval(), {"block_length": 16}))
+    used = []
+    decide = Learned._decide
+    monkeypatch.setattr(Learned, "_decide", lambda self, policy, view, *a: (
+        used.append(view.embedding is not None), decide(self, policy, view, *a))[1])
+    ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+    reqs = [GenerationRequest(ids[k:], "learned", {"policy": "emb", "beta": 3.0},
+                              gen_length=16, block_length=16, steps=16, seed=k)
+            for k in range(3)]
+    try:
+        fused = tiny_engine.generate(reqs)
+        monkeypatch.setattr(Learned, "policy_input", lambda self: None)
+        plain = tiny_engine.generate(reqs)
+    finally:
+        STORE.remove("emb")
+    assert used and all(used[:fused[0].nfe]) and not any(used[-plain[0].nfe:])
+    assert [r.token_ids for r in fused] == [r.token_ids for r in plain]
+    assert [r.step_counts for r in fused] == [r.step_counts for r in plain]
+    assert len({tuple(r.step_counts) for r in fused}) > 1 or max(fused[0].step_counts) > 1
