@@ -4,7 +4,8 @@
 
 One process, one engine, one engine thread (server.scheduler) doing continuous batching; the
 endpoints live in serving_generate (/generate), serving_openai (/v1) and ab (/ab). Here: errors,
-authentication, /health, /metrics, /samplers, and the shutdown sequence. On SIGTERM (or Ctrl+C)
+authentication, /health, /metrics, /samplers, the /playground page (two samplers side by side,
+streamed; server/playground.html), and the shutdown sequence. On SIGTERM (or Ctrl+C)
 the server stops accepting work (503 on /health and new requests) but keeps listening while
 in-flight requests finish, at most --shutdown-timeout seconds, after which the rest are
 cancelled (503); then it exits with status 0. A second signal exits at once.
@@ -29,7 +30,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -45,7 +46,9 @@ from server.settings import ServerSettings, parse_settings
 
 log = logging.getLogger("unmaskd.server")
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
-OPEN_PATHS = ("/health", "/metrics")  # no API key needed: probes and scrapers
+# No API key needed: probes, scrapers, and the playground page (its own calls send the key).
+OPEN_PATHS = ("/health", "/metrics", "/playground")
+PLAYGROUND_PAGE = Path(__file__).with_name("playground.html")
 
 
 class SafeJSONResponse(JSONResponse):
@@ -154,6 +157,10 @@ def _routes() -> APIRouter:
     @router.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> Response:
         return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @router.get("/playground", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(PLAYGROUND_PAGE.read_text())
 
     @router.get("/samplers", tags=["generate"])
     async def samplers(request: Request) -> dict[str, Any]:

@@ -130,6 +130,24 @@ def test_api_key_is_required_except_on_probes(server):
         openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
+def test_playground_page_speaks_the_generate_api(server):
+    """The page is served without a key (its own calls send one) and every field its script
+    posts to /generate is a GenerateRequest field, with streaming on."""
+    import re
+
+    from server.protocol import GenerateRequest
+
+    r = httpx.get(server.url + "/playground")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    body = re.search(r"const body = \{(.*?)\};", r.text, re.S).group(1)
+    fields = set(re.findall(r"(\w+):", body))
+    assert {"prompt", "sampler", "sampler_params", "stream"} <= fields
+    assert fields <= set(GenerateRequest.model_fields)
+    assert "stream: true" in body
+    for path in ('"/generate"', '"/samplers"', '"/v1/models"'):
+        assert path in r.text
+
+
 def test_samplers_lists_the_registry_with_schemas_and_defaults(client):
     body = client.get("/samplers").json()
     assert [s["name"] for s in body["samplers"]] == sorted(registered_samplers())
