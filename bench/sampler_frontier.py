@@ -3,8 +3,9 @@
     python bench/sampler_frontier.py --setting block --n 500     # block length L/4
     python bench/sampler_frontier.py --setting full --n 500      # one block of length L
 
-Each sampler is swept over its main parameter (two to five points: the sweep is sized to run
-in about 25 minutes per setting on one core of a 2-core CPU at n=500). Runs
+Each sampler is swept over its main parameter (two to four points: the sweep is sized to run
+in about 30 minutes per setting on one core of a 2-core CPU at n=500). `learned` rows use the
+default policy for the setting; `--specs "learned:policy=NAME,beta=1|2" --append` adds others. Runs
 through `unmaskd eval` (server/evaluate.py) on the embedded model and writes
 bench/results/frontier-<setting>.{json,png,md}.
 """
@@ -26,16 +27,18 @@ L = 48
 # steps must be a multiple of the number of blocks: 4 in block mode, 1 in full diffusion
 SWEEPS = {
     "block": [
-        "random:steps=48|12", "topk_confidence:steps=48|24|12|8|4",
-        "margin:steps=12", "entropy:steps=12",
-        "threshold:threshold=0.9|0.7|0.5", "factor:factor=1|4", "eb:gamma=0.1|1",
-        "klass:conf=0.9,kl=0.01", "learned:beta=1|4",
+        "random:steps=48|12", "topk_confidence:steps=48|12|8|4",
+        "margin:steps=48|12", "entropy:steps=48|12",
+        "threshold:threshold=0.999|0.9|0.7|0.5", "factor:factor=0.01|1|4",
+        "eb:gamma=0.001|0.1|1", "klass:conf=0.9|0.5,kl=0.01",
+        "learned:beta=0.5|1|2|4",
     ],
     "full": [
         "random:steps=48|12", "topk_confidence:steps=48|12|6",
-        "margin:steps=12", "entropy:steps=12",
-        "threshold:threshold=0.9|0.7|0.5", "factor:factor=1|4", "eb:gamma=0.1|1",
-        "klass:conf=0.9,kl=0.01", "learned:beta=0.25|0.5|1",
+        "margin:steps=48|12", "entropy:steps=48|12",
+        "threshold:threshold=0.999|0.9|0.7|0.5", "factor:factor=0.01|1|4",
+        "eb:gamma=0.001|0.1|1", "klass:conf=0.9|0.7|0.5,kl=0.01",
+        "learned:beta=0.25|0.5|1|2",
     ],
 }
 
