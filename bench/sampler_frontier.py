@@ -27,7 +27,7 @@ L = 48
 # steps must be a multiple of the number of blocks: 4 in block mode, 1 in full diffusion
 SWEEPS = {
     "block": [
-        "random:steps=48|12", "topk_confidence:steps=48|12|8|4",
+        "random:steps=48|12", "topk_confidence:steps=48|24|12|8|4",
         "margin:steps=48|12", "entropy:steps=48|12",
         "threshold:threshold=0.999|0.9|0.7|0.5", "factor:factor=0.01|1|4",
         "eb:gamma=0.001|0.1|1", "klass:conf=0.9|0.5,kl=0.01",
