@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--export", type=Path, help="also write the final model folder here")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="checkpoint and stop after this step, schedule unchanged (continue by "
+                         "re-running without it): for runs longer than one sitting")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     bar = tqdm(total=args.steps, initial=step, desc=f"train-dllm {n_params / 1e6:.2f}M")
     model.train()
-    while step < args.steps:
+    stop = min(args.steps, args.stop_at or args.steps)
+    while step < stop:
         t0 = time.time()
         idx = torch.randint(len(prompts), (args.batch_size,), generator=gen)
         ids, attn, target, masked = make_batch(prompts, canvases, idx, cfg.mask_token_id,
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                   "tokens_per_s": round(ids.numel() / dt)}
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=record["tokens_per_s"])
         bar.update()
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or step in (args.steps, stop):
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "gen": gen.get_state(), "step": step}, tmp)
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
     bar.close()
-    if args.export:
+    if args.export and step == args.steps:
         export(model, tokenizer, tok_dir, args.export)
 
 
