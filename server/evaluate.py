@@ -160,10 +160,15 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def curve(r: dict) -> str:  # one line per sampler, and per policy for `learned`
+        policy = r["params"].get("policy")
+        return f"{r['sampler']} ({policy})" if policy else r["sampler"]
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        pts = sorted((r["mean_nfe"], 100 * r["accuracy"]) for r in rows if r["sampler"] == sampler)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=sampler)
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more curves than the default 10 colours
+    for name in dict.fromkeys(curve(r) for r in rows):
+        pts = sorted((r["mean_nfe"], 100 * r["accuracy"]) for r in rows if curve(r) == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.set_xlabel("mean NFE (denoising steps)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
