@@ -26,9 +26,11 @@ from .reference import (
     check_policy_input,
     confidence_stats_torch,
     empty_stats,
+    policy_features,
 )
 
-__all__ = ["POLICY_FEATURES", "ConfidenceStats", "PolicyInput", "confidence_stats"]
+__all__ = ["POLICY_FEATURES", "ConfidenceStats", "PolicyInput", "confidence_stats",
+           "policy_features"]
 
 
 def _triton_impl(forced: bool):

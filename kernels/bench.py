@@ -50,13 +50,17 @@ import time
 
 import torch
 
-from kernels.reference import confidence_stats_torch, gumbel_noise, policy_embedding
+from kernels.reference import (
+    POLICY_FEATURES,
+    confidence_stats_torch,
+    gumbel_noise,
+    policy_embedding,
+)
 
 SWEEP = [(1, 1024, 4), (1, 2048, 4), (1, 2048, 8), (1, 4096, 8), (1, 4096, 16)]
 MIN_BUFFER_BYTES = 256 * 2**20
 PROB_TOL, ENT_TOL, KEY_TIE = 1e-5, 1e-4, 1e-4
 EMB_TOL = 1e-5  # embedding vs F.linear over the kernel's own statistics (rtol and atol)
-POLICY_FEATURES = ("confidence", "margin", "entropy")
 POLICY_WIDTH, LLADA_HIDDEN, LLADA_VOCAB = 128, 4096, 126464
 POLICY_SHAPES = [(1, 256), (1, 1024), (16, 256), (16, 1024)]  # (B, L)
 FUSE_THRESHOLD = 0.05  # policy block / logits pass below this: fusing the block does not pay

@@ -79,10 +79,15 @@ def check_policy_input(policy_input: PolicyInput, device: torch.device
 def policy_embedding(stats: ConfidenceStats, weight: torch.Tensor, bias: torch.Tensor,
                      features: Sequence[str]) -> torch.Tensor:
     """The reference embedding: F.linear over the stacked fp32 features."""
+    return F.linear(policy_features(stats, features), weight, bias)
+
+
+def policy_features(stats, names: Sequence[str]) -> torch.Tensor:
+    """The learned policy's inputs, stacked fp32 [..., F], from anything with the statistics'
+    fields (ConfidenceStats, or the engine's per-position StepView grids)."""
     table = {"confidence": lambda: stats.prob, "margin": lambda: stats.top1 - stats.top2,
              "entropy": lambda: stats.entropy}
-    feats = torch.stack([table[f]() for f in features], -1)
-    return F.linear(feats, weight, bias)
+    return torch.stack([table[n]().float() for n in names], -1)
 
 
 def fmix32(h: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ class StepView:
     rng_keys: torch.Tensor  # [n] int64: per-row counter-based RNG key for this step
     probs: torch.Tensor | None = None  # [n, W, V] full distributions, only if needs_probs
     # [n, W, width] fp32: the input layer the sampler asked for in policy_input(), applied to
-    # each position's statistics by the confidence kernel; None if not asked (or not granted)
+    # each position's statistics by the confidence kernel (zeros where the grids hold no
+    # statistics); None if not asked (or not granted)
     embedding: torch.Tensor | None = None
     states: list[dict] = field(default_factory=list)  # per-row persistent sampler state
 

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator
 
+from kernels import policy_features
 from sampler_plugins.base import Sampler, SamplerParams, StepView, counter_uniform
 from sampler_plugins.policy_net import bernoulli_log_prob, unmask_probs
 from sampler_plugins.policy_store import STORE, device_of
@@ -41,11 +42,6 @@ class LearnedParams(SamplerParams):
         return name
 
 
-def policy_features(view: StepView, names: tuple[str, ...]) -> torch.Tensor:
-    table = {"confidence": view.prob, "margin": view.top1 - view.top2, "entropy": view.entropy}
-    return torch.stack([table[n].float() for n in names], -1)
-
-
 class Learned(Sampler):
     name = "learned"
     Params = LearnedParams
@@ -59,7 +55,12 @@ class Learned(Sampler):
 
     def __init__(self, params, device):
         super().__init__(params, device)
-        self.policy_names = [p.policy for p in params]
+        names = [p.policy for p in params]
+        # (policy, its rows, the same as an index tensor): built once per batch membership
+        self.by_policy = []
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            self.by_policy.append((name, rows, torch.tensor(rows, device=device)))
         self.tau = self.param_tensor("policy_temperature")
         self.beta = self.param_tensor("beta")
         self.argmax = torch.tensor([p.mode == "bernoulli-argmax" for p in params], device=device)
@@ -67,21 +68,17 @@ class Learned(Sampler):
     def policy_input(self):
         """Let the confidence kernel compute the input layer when every row uses one policy
         (the trainer's recording rollouts keep the raw features for the loss instead)."""
-        names = set(self.policy_names)
-        if len(names) != 1:
+        if len(self.by_policy) != 1:
             return None
-        policy = STORE.policies[names.pop()]
+        policy = STORE.policies[self.by_policy[0][0]]
         if policy.record or policy.expert_threshold is not None:
             return None
         return policy.net.input.weight, policy.net.input.bias, policy.net.features
 
     def select(self, view: StepView) -> torch.Tensor:
         commit = torch.zeros_like(view.candidate)
-        for name in dict.fromkeys(self.policy_names):
-            rows = [i for i, n in enumerate(self.policy_names) if n == name]
-            idx = torch.tensor(rows, device=view.prob.device)
-            policy = STORE.policies[name]
-            commit[idx] = self._decide(policy, view, idx, rows)
+        for name, rows, idx in self.by_policy:
+            commit[idx] = self._decide(STORE.policies[name], view, idx, rows)
         return commit
 
     @torch.no_grad()

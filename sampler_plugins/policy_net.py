@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEATURES = ("confidence", "margin", "entropy")
+from kernels import POLICY_FEATURES as FEATURES  # the names the confidence kernel embeds too
 
 
 def sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -178,7 +178,9 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     STORE.add(Policy(TRAIN_EXPERT, net, {"block_length": block_length}, record=True,
                      expert_threshold=args.expert_threshold))
     P, G, E = args.prompts_per_step, args.group_size, args.expert_rollouts
-    is_expert = [g >= G for _ in range(P) for g in range(G + E)]
+    # rollout i of a batch is (prompt i // (G + E), draw i % (G + E)); the last E are the expert's
+    own = [i for i in range(P * (G + E)) if i % (G + E) < G]
+    experts = [i for i in range(P * (G + E)) if i % (G + E) >= G]
     problems = make_split("train", args.iterations * P * world)
     meta = policy_meta(args, argv, model_dir, block_length, world)
     t_start = time.time()
@@ -219,7 +221,6 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
             opt.step()
-        own = [i for i, e in enumerate(is_expert) if not e]  # the policy's own rollouts
         all_steps = [s for i in own for s in results[i].sampler_state.get("steps", [])]
         record = {
             "iteration": it + 1, "reward": rewards[own].mean().item(),
@@ -233,7 +234,6 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             "step_s": round(time.time() - t0, 2),
         }
         if E:
-            experts = [i for i, e in enumerate(is_expert) if e]
             record["expert_accuracy"] = sum(correct[i] for i in experts) / len(experts)
             record["expert_nfe"] = sum(results[i].nfe for i in experts) / len(experts)
         if rank == 0:

@@ -184,12 +184,14 @@ class Engine:
         self.stop_at_eos = torch.tensor([s.vr.request.stop_at_eos for s in seqs], device=dev)
         self.block_len_host, self.valid_host = self.block_len.cpu(), valid
         self.full_canvas_host = torch.tensor([s.vr.sampler_cls.full_canvas for s in seqs])
-        # Sampler groups: rows sharing a sampler class, with their params stacked once.
+        # Sampler groups: rows sharing a sampler class, with their params stacked and their
+        # per-sequence state dicts listed once per membership change, not on every step.
         groups: dict[type[Sampler], list[int]] = {}
         for b, s in enumerate(seqs):
             groups.setdefault(s.vr.sampler_cls, []).append(b)
         self.groups = [(cls(
-            [seqs[b].vr.params for b in rows], dev), torch.tensor(rows, device=dev), rows)
+            [seqs[b].vr.params for b in rows], dev), torch.tensor(rows, device=dev),
+            [seqs[b].state for b in rows])
             for cls, rows in groups.items()]
         # Block bookkeeping lives on the host as tensors, advanced by each step's status read
         # and written back to the sequences only when membership changes.
@@ -253,17 +255,12 @@ class Engine:
             g[rows, cols] = value
             grid[name] = g
         embedding = None
-        if stats.embedding is not None:
-            # positions without statistics get the layer of zero features, i.e. its bias, as
-            # the sampler's own input layer would give them from the zero-filled grid
-            bias = policy_input[1]
+        if stats.embedding is not None:  # zeros where there are no statistics, like the grids
             embedding = torch.zeros((B, W, stats.embedding.shape[-1]), device=dev)
-            if bias is not None:
-                embedding += bias.detach().float().to(dev)
             embedding[rows, cols] = stats.embedding
         commit = torch.zeros((B, W), dtype=torch.bool, device=dev)
         t1 = time.perf_counter()
-        for i, (sampler, row_idx, row_list) in enumerate(self.groups):
+        for i, (sampler, row_idx, states) in enumerate(self.groups):
             view = StepView(
                 **{k: v[row_idx] for k, v in grid.items()}, candidate=candidate[row_idx],
                 masked=masked[row_idx], in_block=in_block[row_idx],
@@ -273,7 +270,7 @@ class Engine:
                 probs=(self._probs(logits[row_idx]) if sampler.needs_probs else None),
                 embedding=(embedding[row_idx] if embedding is not None and i == embed_group
                            else None),
-                states=[seqs[b].state for b in row_list])
+                states=states)
             commit[row_idx] = sampler.select(view).to(torch.bool)
         t2 = time.perf_counter()
         commit = self._enforce(commit, candidate, grid["prob"], step_in_block)
