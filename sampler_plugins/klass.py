@@ -32,9 +32,10 @@ class Klass(Sampler):
     def select(self, view: StepView) -> torch.Tensor:
         probs = view.probs
         n, W, _ = probs.shape
-        prev = torch.stack([s.get("prev", probs.new_zeros(W, probs.shape[-1]))
+        prev = torch.stack([_fit(s.get("prev", probs.new_zeros(W, probs.shape[-1])), W)
                             for s in view.states])
-        streak = torch.stack([s.get("streak", torch.zeros(W, dtype=torch.long, device=probs.device))
+        streak = torch.stack([_fit(s.get("streak", torch.zeros(W, dtype=torch.long,
+                                                               device=probs.device)), W)
                               for s in view.states])
         has_prev = torch.tensor([("prev" in s) for s in view.states], device=probs.device)[:, None]
         tiny = torch.finfo(probs.dtype).tiny
@@ -46,3 +47,13 @@ class Klass(Sampler):
         ready = view.candidate & (view.prob >= self.conf) & (streak >= self.history)
         fallback = top_n_mask(view.prob, view.candidate, torch.ones_like(view.nfe))
         return torch.where(ready.any(-1, keepdim=True), ready, fallback)
+
+
+def _fit(saved: torch.Tensor, width: int) -> torch.Tensor:
+    """A row's saved per-position state at the batch's current canvas width: the width changes
+    when a wider or narrower request joins or leaves the batch; positions past the row's own
+    canvas are never candidates, so cutting or zero-padding them changes no decision."""
+    if saved.shape[0] >= width:
+        return saved[:width]
+    pad = saved.new_zeros((width - saved.shape[0], *saved.shape[1:]))
+    return torch.cat([saved, pad])
