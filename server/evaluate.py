@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from server.engine import Engine
-from server.sequence import GenerationRequest, InvalidRequest
+from server.sequence import GenerationRequest, InvalidRequest, default_block_length
 from tasks.arithmetic import check_answer, make_split
 
 
@@ -190,7 +190,8 @@ def run_eval(engine: Engine, split: str, n: int, specs: list[str], block_length:
         json_path.write_text(json.dumps({"split": split, "n": n, "block_length": block_length,
                                          "gen_length": gen_length, "results": rows}, indent=2))
     if plot_path:
-        bl = "full diffusion" if block_length == (gen_length or engine.default_gen_length) else \
-            f"block length {block_length or (gen_length or engine.default_gen_length) // 4}"
+        canvas = gen_length or engine.default_gen_length
+        bl = "full diffusion" if block_length == canvas else \
+            f"block length {block_length or default_block_length(canvas)}"
         plot_pareto(rows, plot_path, f"{split} split, n={n}, {bl}")
     return rows

@@ -27,7 +27,7 @@ class GenerationRequest:
     sampler: str = "topk_confidence"
     sampler_params: dict = field(default_factory=dict)
     gen_length: int | None = None  # None: the engine's default canvas
-    block_length: int | None = None  # None: gen_length / 4
+    block_length: int | None = None  # None: L/4, or the largest divisor of L below it
     steps: int | None = None  # None: gen_length (a cap for adaptive samplers)
     temperature: float = 0.0
     seed: int = 0
@@ -97,20 +97,27 @@ def validate(req: GenerationRequest, default_gen_length: int, max_sequence_lengt
     if gen_length > room:
         raise InvalidRequest("gen_length", f"{gen_length} does not fit: prompt is "
                              f"{len(req.prompt_ids)} tokens, model limit {max_sequence_length}")
-    block_length = req.block_length if req.block_length is not None else max(1, gen_length // 4)
+    block_length = (req.block_length if req.block_length is not None
+                    else default_block_length(gen_length))
     if block_length < 1 or gen_length % block_length:
-        raise InvalidRequest("block_length", f"{block_length} must divide gen_length "
+        raise InvalidRequest("block_length", f"{block_length} must divide the canvas length "
                              f"{gen_length}")
     n_blocks = gen_length // block_length
     steps = req.steps if req.steps is not None else gen_length
     if steps < n_blocks or steps % n_blocks or steps > gen_length:
         raise InvalidRequest("steps", f"{steps} must be a multiple of the number of blocks "
-                             f"({n_blocks}) and at most gen_length ({gen_length})")
+                             f"({n_blocks}) and at most the canvas length ({gen_length})")
     if not 0.0 <= req.temperature <= 100.0:
         raise InvalidRequest("temperature", "must be in [0, 100]")
     cls, params = parse_sampler_params(req.sampler, req.sampler_params)
     params = cls.finalize(params, gen_length, block_length)
     return ValidatedRequest(req, cls, params, gen_length, block_length, steps)
+
+
+def default_block_length(gen_length: int) -> int:
+    """L/4 as LLaDA's semi-autoregressive default, or the largest divisor of L below it, so
+    that any canvas length works without the client choosing a block length."""
+    return next(b for b in range(max(1, gen_length // 4), 0, -1) if gen_length % b == 0)
 
 
 def mix_seed(*parts: int | torch.Tensor) -> torch.Tensor | int:

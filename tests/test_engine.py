@@ -226,3 +226,28 @@ def test_requests_joining_mid_flight_decode_as_if_alone(tiny_engine):
         for res in tiny_engine.step().finished:
             results[ids[res.request_id]] = res.token_ids
     assert [results[i] for i in range(len(reqs))] == alone
+
+
+def test_stateful_sampler_survives_canvas_width_changes(tiny_engine):
+    """klass keeps per-position state across steps: a wider request joining and then leaving
+    the batch changes the canvas width under it, which must change none of its decisions."""
+    klass = GenerationRequest(prompts(tiny_engine, 1)[0], "klass", gen_length=16, block_length=8)
+    wide = GenerationRequest(prompts(tiny_engine, 2)[1], "topk_confidence", gen_length=32,
+                             block_length=8, steps=8)
+    alone = tiny_engine.generate([klass])[0].token_ids
+    ids, results = {tiny_engine.add(klass): "klass"}, {}
+    for step in range(40):
+        if step == 1:
+            ids[tiny_engine.add(wide)] = "wide"
+        for res in tiny_engine.step().finished:
+            results[ids[res.request_id]] = res.token_ids
+        if not tiny_engine.active:
+            break
+    assert set(results) == {"klass", "wide"}
+    assert results["klass"] == alone
+
+
+@pytest.mark.parametrize("gen_length,block_length", [(16, 4), (13, 1), (50, 10), (30, 6)])
+def test_default_block_length_divides_any_canvas(tiny_engine, gen_length, block_length):
+    vr = tiny_engine.validate(GenerationRequest([5, 6, 7], gen_length=gen_length))
+    assert vr.block_length == block_length
