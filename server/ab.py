@@ -38,6 +38,10 @@ from server.sequence import InvalidRequest, parse_sampler_params
 
 NOT_ENOUGH = "not enough data yet"
 MAX_RECORDS = 100_000  # per experiment; the oldest records are dropped beyond this
+# Arms are compared pairwise and experiment and arm names become metric labels: keep both small.
+MAX_ARMS = 16
+MAX_EXPERIMENTS = 64
+MAX_NAME_LENGTH = 64
 
 
 # ---- statistics ----------------------------------------------------------------------------------
@@ -126,20 +130,21 @@ class ArmSpec(BaseModel):
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    arms: dict[str, ArmSpec] = Field(min_length=1)
+    arms: dict[str, ArmSpec] = Field(min_length=1, max_length=MAX_ARMS)
 
     @field_validator("arms")
     @classmethod
     def _named(cls, arms: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
-        if any(not name for name in arms):
-            raise ValueError("arm names must not be empty")
+        if any(not 0 < len(name) <= MAX_NAME_LENGTH for name in arms):
+            raise ValueError(f"arm names must be 1 to {MAX_NAME_LENGTH} characters")
         return arms
 
 
 class ABConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    experiments: dict[str, ExperimentSpec] = Field(default_factory=dict)
+    experiments: dict[str, ExperimentSpec] = Field(default_factory=dict,
+                                                   max_length=MAX_EXPERIMENTS)
 
 
 class Feedback(BaseModel):
@@ -288,6 +293,11 @@ class Experiments:
                            f"{sorted(self.by_name)}") from None
 
     def put(self, name: str, spec: ExperimentSpec) -> Experiment:
+        if not 0 < len(name) <= MAX_NAME_LENGTH:
+            raise ApiError(422, "name", f"must be 1 to {MAX_NAME_LENGTH} characters")
+        if name not in self.by_name and len(self.by_name) >= MAX_EXPERIMENTS:
+            raise ApiError(422, "name", f"already {MAX_EXPERIMENTS} experiments, the limit: "
+                           "replace one instead")
         try:
             experiment = Experiment(name, spec)
         except InvalidRequest as e:

@@ -32,6 +32,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sampler_plugins import Sampler, registered_samplers
@@ -90,6 +91,52 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class BodyLimitMiddleware:
+    """413 for a request body over `limit` bytes, before anything parses it: by Content-Length
+    when the client sends one, else by counting a chunked body as it arrives (then replayed)."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) <= self.limit:
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(scope["path"], 413, "body", f"larger than the server's "
+                                  f"limit of {self.limit} bytes (--max-body-bytes)")
+        await response(scope, receive, send)
+
+
 def _count_refusal(request: Request, status: int) -> None:
     if request.url.path in GENERATION_PATHS and status in (400, 404, 422):
         request.app.state.service.metrics.request_ended_early("", None, "invalid")
@@ -99,6 +146,16 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
     _count_refusal(request, exc.status)
     return error_response(request.url.path, exc.status, exc.field, exc.message, exc.headers,
                           exc.code)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Starlette's own refusals in the API's error shape: a body it cannot parse (bad UTF-8,
+    an integer too long to convert) is a 400 on the body; unknown routes and methods keep
+    their status."""
+    field = "body" if exc.status_code == 400 else None
+    _count_refusal(request, exc.status_code)
+    return error_response(request.url.path, exc.status_code, field, str(exc.detail),
+                          exc.headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -195,12 +252,14 @@ def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | N
     app.state.experiments = experiments
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _server_error)
     app.include_router(_routes())
     app.include_router(serving_generate.router)
     app.include_router(serving_openai.router)
     app.include_router(ab.router)
-    if settings.api_key is not None:
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    if settings.api_key is not None:  # added last: runs first
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
     return app
 

@@ -32,9 +32,12 @@ class ServerSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     max_batch_size: int = Field(32, ge=1, description="most requests decoded together per step")
     max_queue: int = Field(
-        256, ge=0, description="requests waiting for a batch slot before new ones get 429")
+        256, ge=1, description="requests waiting for a batch slot before new ones get 429")
     api_key: str | None = Field(
-        None, description="require 'Authorization: Bearer KEY' (not on /health, /metrics)")
+        None, min_length=1,
+        description="require 'Authorization: Bearer KEY' (not on /health, /metrics)")
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body accepted; larger ones get 413")
     ab_config: Path | None = Field(None, description="A/B experiments file (YAML or JSON)")
     ab_min_samples: int = Field(
         10, ge=2, description="requests per arm before an A/B report tests differences")

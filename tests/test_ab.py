@@ -25,8 +25,11 @@ import pytest
 from scipy import stats
 
 from server.ab import (
+    MAX_EXPERIMENTS,
     NOT_ENOUGH,
+    ABConfig,
     Experiment,
+    Experiments,
     ExperimentSpec,
     Record,
     assign_arm,
@@ -37,6 +40,7 @@ from server.ab import (
     welch_test,
     wilson_interval,
 )
+from server.protocol import ApiError
 
 PROMPT = "Question: Ava has 3 apples. She buys 4 more. How many apples does Ava have now?\nAnswer:"
 AB_YAML = """\
@@ -242,6 +246,8 @@ def test_report_statistics_end_to_end(client):
     ({"a": {"sampler": "random", "weight": 0}}, "arms"),
     ({}, "arms"),
     ({"a": {"sampler": "random", "colour": "red"}}, "arms"),
+    ({f"arm{i}": {"sampler": "random"} for i in range(17)}, "arms"),
+    ({"a" * 65: {"sampler": "random"}}, "arms"),
 ])
 def test_put_validates_every_arm(client, arms, field):
     r = client.put("/ab/invalid", json={"arms": arms})
@@ -268,3 +274,17 @@ def test_bad_ab_config_stops_startup(tmp_path, tiny_model_dir):
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2 and "arms.a.sampler" in proc.stderr
+
+
+def test_experiment_count_and_name_length_are_capped():
+    exps = Experiments(ABConfig(), min_samples=10)
+    spec = ExperimentSpec(arms={"a": {"sampler": "random"}})
+    for i in range(MAX_EXPERIMENTS):
+        exps.put(f"e{i}", spec)
+    exps.put("e0", spec)  # replacing one is always allowed
+    with pytest.raises(ApiError) as info:
+        exps.put("one-too-many", spec)
+    assert info.value.status == 422 and info.value.field == "name"
+    with pytest.raises(ApiError) as info:
+        Experiments(ABConfig(), min_samples=10).put("x" * 65, spec)
+    assert info.value.field == "name"

@@ -378,6 +378,30 @@ def test_garbage_never_gets_a_500(client):
         assert client.request(method, path).status_code < 500, (method, path)
 
 
+@pytest.mark.parametrize("body", [b'{"prompt": "\xff\xfe"}',
+                                  b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}"])
+def test_unparseable_bodies_are_400_on_the_body_in_the_api_shape(client, body):
+    """Bad UTF-8 or an integer too long to convert fail inside Starlette's body parsing."""
+    r = client.post("/generate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body", r.text
+    r = client.post("/v1/completions", content=body,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body", r.text
+
+
+def test_bodies_over_the_limit_are_413_whether_sized_or_chunked(client):
+    big = b'{"prompt": "' + b"a" * (1 << 20) + b'"}'
+    r = client.post("/generate", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body", r.text
+    r = client.post("/generate", content=iter([big[:1000], big[1000:]]),  # chunked: no length
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body", r.text
+    r = client.post("/generate", content=iter([b'{"prompt": ', b'"Question: 1 + 1?", ',
+                                               b'"max_new_tokens": 8}']),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()["token_ids"]) == 8, r.text
+
+
 # ---- the engine loop: queueing, cancellation -----------------------------------------------------
 def test_full_queue_is_429_and_cancelled_clients_free_their_slots(client):
     before = scrape(client)
@@ -469,8 +493,10 @@ def test_settings_from_flags_then_environment(monkeypatch):
     s = parse_settings(["--port", "9000", "--api-key", "k", "--shutdown-timeout", "2.5"])
     assert (s.port, s.max_batch_size, s.api_key, s.shutdown_timeout) == (9000, 7, "k", 2.5)
     assert (s.host, s.max_queue, s.ab_config) == ("127.0.0.1", 256, None)
-    with pytest.raises(ValidationError):
-        parse_settings(["--max-batch-size", "0"])
+    for bad in (["--max-batch-size", "0"], ["--max-queue", "0"], ["--api-key", ""],
+                ["--max-body-bytes", "10"]):
+        with pytest.raises(ValidationError):
+            parse_settings(bad)
 
 
 # ---- in-process failure injection ----------------------------------------------------------------
