@@ -1,7 +1,7 @@
 """Train the embedded dLLM from scratch with LLaDA's SFT objective (`unmaskd train-dllm`).
 
-    unmaskd train-dllm --out runs/dllm            # ~45 min on 2 CPU cores, resumes if cut off
-    unmaskd train-dllm --out runs/dllm --export dllm/embedded
+    unmaskd train-dllm --out runs/dllm --threads 2   # ~85 min on 2 CPU cores, resumes if cut off
+    unmaskd train-dllm --out runs/dllm --threads 2 --export dllm/embedded
 
 Objective (LLaDA SFT): the prompt is never masked; every answer-canvas token, EOS padding
 included, is masked with probability t ~ U(eps, 1) drawn per sequence; cross-entropy on the
@@ -94,14 +94,16 @@ def validate(model_dir: Path, n: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="unmaskd train-dllm", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/dllm"))
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=4800)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--decay-frac", type=float, default=0.5,
+                    help="fraction of the steps spent decaying the lr linearly to 10%%")
     ap.add_argument("--d-model", type=int, default=192)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--pool", type=int, default=100_000, help="distinct training problems")
-    ap.add_argument("--val-every", type=int, default=600)
+    ap.add_argument("--val-every", type=int, default=800)
     ap.add_argument("--val-n", type=int, default=200)
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         idx = torch.randint(len(prompts), (args.batch_size,), generator=gen)
         ids, attn, target, masked = make_batch(prompts, canvases, idx, cfg.mask_token_id,
                                                cfg.pad_token_id, gen)
-        lr = lr_at(step, args.steps, args.lr, args.warmup)
+        lr = lr_at(step, args.steps, args.lr, args.warmup, args.decay_frac)
         for group in opt.param_groups:
             group["lr"] = lr
         logits = model(ids, attn)[:, -GEN_LENGTH:]
