@@ -49,9 +49,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     engine = Engine.from_dir(EMBEDDED_MODEL_DIR)
     problems = make_split("test", args.n)
-    L = engine.default_gen_length
-    requests = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "topk_confidence",
-                                  gen_length=L, block_length=L // 4, steps=L)
+    # the engine's defaults: canvas L, blocks of L/4, L steps (1 token/step)
+    requests = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "topk_confidence")
                 for p in problems]
     results = engine.generate(requests)
     causes = Counter(cause(r.text, p.answer) for p, r in zip(problems, results)
