@@ -96,13 +96,15 @@ class GenerationService:
         return "topk_confidence"
 
     # ---- prompts ----------------------------------------------------------------------------
-    def encode_text(self, text: str, field: str) -> list[int]:
+    async def encode_text(self, text: str, field: str) -> list[int]:
+        """Tokenize in a worker thread: a 1 MiB prompt takes seconds, and the fast tokenizer
+        releases the GIL, so the event loop keeps serving other requests meanwhile."""
         try:
-            return self.engine.tokenizer(text)["input_ids"]
+            return await asyncio.to_thread(lambda: self.engine.tokenizer(text)["input_ids"])
         except Exception as e:  # e.g. lone surrogates the tokenizer cannot encode
             raise ApiError(422, field, f"cannot be tokenized: {e}") from None
 
-    def encode_messages(self, messages: list[ChatMessage], field: str) -> list[int]:
+    async def encode_messages(self, messages: list[ChatMessage], field: str) -> list[int]:
         if not messages:
             raise ApiError(422, field, "must not be empty")
         try:
@@ -111,7 +113,7 @@ class GenerationService:
                 add_generation_prompt=True)
         except Exception as e:  # the template may raise on what it cannot render
             raise ApiError(422, field, f"cannot be rendered by the chat template: {e}") from None
-        return self.encode_text(text, field)
+        return await self.encode_text(text, field)
 
     # ---- requests ---------------------------------------------------------------------------
     def prepare(self, prompt_ids: list[int], opts: DecodingOptions, *, gen_length: int | None,
@@ -285,9 +287,9 @@ async def generate(body: GenerateRequest, request: Request):
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(422, "prompt", "give exactly one of prompt or messages")
     if body.prompt is not None:
-        field, prompt_ids = "prompt", service.encode_text(body.prompt, "prompt")
+        field, prompt_ids = "prompt", await service.encode_text(body.prompt, "prompt")
     else:
-        field, prompt_ids = "messages", service.encode_messages(body.messages, "messages")
+        field, prompt_ids = "messages", await service.encode_messages(body.messages, "messages")
     prepared = service.prepare(
         prompt_ids, body, gen_length=body.max_new_tokens, temperature=body.temperature,
         stop_at_eos=body.stop_at_eos, watch=body.stream, id_prefix="gen",

@@ -111,7 +111,8 @@ def _check(body: OpenAIRequest, service: GenerationService) -> None:
                        f"serves {service.model_name!r}", code="model_not_found")
 
 
-def _completion_prompt(body: CompletionRequest, service: GenerationService) -> list[int]:
+async def _completion_prompt(body: CompletionRequest,
+                             service: GenerationService) -> list[int]:
     prompt = body.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
         if len(prompt) != 1:
@@ -119,7 +120,7 @@ def _completion_prompt(body: CompletionRequest, service: GenerationService) -> l
                            "several requests (they are batched together)", code="unsupported")
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return service.encode_text(prompt, "prompt")
+        return await service.encode_text(prompt, "prompt")
     return list(prompt)  # token ids; the engine checks them against the vocabulary
 
 
@@ -185,7 +186,7 @@ async def _run(body: OpenAIRequest, service: GenerationService, prepared: Prepar
 async def completions(body: CompletionRequest, request: Request):
     service: GenerationService = request.app.state.service
     _check(body, service)
-    prepared = _prepare(body, service, _completion_prompt(body, service), body.max_tokens,
+    prepared = _prepare(body, service, await _completion_prompt(body, service), body.max_tokens,
                         "max_tokens", "prompt", "cmpl")
     created, eos = int(time.time()), service.engine.eos_id
     include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -213,7 +214,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         else body.max_tokens
     length_field = "max_completion_tokens" if body.max_completion_tokens is not None \
         else "max_tokens"
-    prompt_ids = service.encode_messages(body.messages, "messages")
+    prompt_ids = await service.encode_messages(body.messages, "messages")
     prepared = _prepare(body, service, prompt_ids, length, length_field, "messages", "chatcmpl")
     created, eos = int(time.time()), service.engine.eos_id
     include_usage = body.stream_options is not None and body.stream_options.include_usage

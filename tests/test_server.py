@@ -539,6 +539,38 @@ def test_health_is_503_when_the_engine_loop_dies(engine, tiny_model_dir):
         assert tc.post("/generate", json={"prompt": PROMPT}).status_code == 503
 
 
+
+def test_prompts_are_tokenized_off_the_event_loop(engine, tiny_model_dir, monkeypatch):
+    """Tokenizing a 1 MiB prompt takes seconds: on the event loop it would stall every other
+    request and /health meanwhile."""
+    on_loop: list[bool] = []
+    real = engine.tokenizer
+
+    class Recording:
+        def __call__(self, text, **kwargs):
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:
+                on_loop.append(False)
+            return real(text, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(engine, "tokenizer", Recording())
+    app = create_app(ServerSettings(model=tiny_model_dir), engine)
+    with TestClient(app) as tc:
+        model = tc.get("/v1/models").json()["data"][0]["id"]
+        for path, body in [("/generate", {"prompt": PROMPT}),
+                           ("/v1/completions", {"model": model, "prompt": PROMPT,
+                                                "max_tokens": 8}),
+                           ("/v1/chat/completions", {"model": model, "max_tokens": 8, "messages": [
+                               {"role": "user", "content": QUESTION}]})]:
+            r = tc.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+    assert on_loop == [False, False, False]
+
 # ---- shutdown ------------------------------------------------------------------------------------
 def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
     srv = launch_server(env={"UNMASKD_SHUTDOWN_TIMEOUT": "4"})
