@@ -72,15 +72,18 @@ def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Gen
     return ids, attn, target, masked
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0.25) -> float:
-    """Warm-up, constant, then linear decay to 10% over the last `decay_frac` of training
-    (warmup-stable-decay): a run can be extended before its decay without changing its past."""
+def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0.25,
+          final_frac: float = 0.1) -> float:
+    """Warm-up, constant, then linear decay to `final_frac` of the peak over the last
+    `decay_frac` of training (warmup-stable-decay; decay_frac 1 and final_frac 0 is a linear
+    decay to zero over the whole run after warm-up)."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    decay_start = int(total * (1 - decay_frac))
+    decay_start = max(warmup, int(total * (1 - decay_frac)))
     if step < decay_start:
         return peak
-    return peak * (1 - 0.9 * (step - decay_start) / max(1, total - decay_start))
+    done = (step - decay_start) / max(1, total - decay_start)
+    return peak * (1 - (1 - final_frac) * done)
 
 
 def validate(model_dir: Path, n: int) -> float:
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-frac", type=float, default=0.5,
-                    help="fraction of the steps spent decaying the lr linearly to 10%%")
+                    help="fraction of the steps spent decaying the lr linearly")
+    ap.add_argument("--final-lr-frac", type=float, default=0.1,
+                    help="the lr at the end of the decay, as a fraction of --lr")
     ap.add_argument("--d-model", type=int, default=192)
     ap.add_argument("--n-layers", type=int, default=4)
     ap.add_argument("--pool", type=int, default=100_000, help="distinct training problems")
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         idx = torch.randint(len(prompts), (args.batch_size,), generator=gen)
         ids, attn, target, masked = make_batch(prompts, canvases, idx, cfg.mask_token_id,
                                                cfg.pad_token_id, gen)
-        lr = lr_at(step, args.steps, args.lr, args.warmup, args.decay_frac)
+        lr = lr_at(step, args.steps, args.lr, args.warmup, args.decay_frac,
+                   args.final_lr_frac)
         for group in opt.param_groups:
             group["lr"] = lr
         logits = model(ids, attn)[:, -GEN_LENGTH:]
