@@ -1,6 +1,7 @@
 """The LLaDA-architecture model and its checkpoint format."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -167,3 +168,16 @@ def test_training_is_seed_deterministic_and_resumes_exactly(tmp_path):
     log = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "log.jsonl").read_text().splitlines()]
            for d in "ab"]
     assert log[0] == log[1] and len(log[0]) == 6
+
+
+def test_lr_schedule_warmup_stable_decay_and_decay_to_zero():
+    from dllm.train import lr_at
+
+    # the shipped default: warm-up, constant, linear decay to 10% over the last half
+    assert lr_at(0, 100, 1.0, 10, 0.5) == 0.1 and lr_at(9, 100, 1.0, 10, 0.5) == 1.0
+    assert lr_at(49, 100, 1.0, 10, 0.5) == 1.0 and lr_at(50, 100, 1.0, 10, 0.5) == 1.0
+    assert math.isclose(lr_at(100, 100, 1.0, 10, 0.5), 0.1)
+    # decay over the whole run starts after the warm-up, and can end at zero
+    assert lr_at(10, 100, 1.0, 10, 1.0, 0.0) == 1.0
+    assert math.isclose(lr_at(55, 100, 1.0, 10, 1.0, 0.0), 0.5)
+    assert lr_at(100, 100, 1.0, 10, 1.0, 0.0) == 0.0
