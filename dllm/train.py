@@ -8,6 +8,8 @@ included, is masked with probability t ~ U(eps, 1) drawn per sequence; cross-ent
 masked positions. We use the plain mean over masked tokens, not LLaDA's 1/t weighting: on this
 small model the 1/t-weighted loss is dominated by rare tiny-t sequences and diverged at lr 1e-3
 in an earlier measurement, while the unweighted loss trains smoothly (see the model card).
+Schedule: 100 warm-up steps, then a linear decay to zero over the rest of the run, which beat
+warmup-stable-decay by 12 validation points at the same step count (the model card has both).
 """
 
 from __future__ import annotations
@@ -101,9 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--decay-frac", type=float, default=0.5,
+    ap.add_argument("--decay-frac", type=float, default=1.0,
                     help="fraction of the steps spent decaying the lr linearly")
-    ap.add_argument("--final-lr-frac", type=float, default=0.1,
+    ap.add_argument("--final-lr-frac", type=float, default=0.0,
                     help="the lr at the end of the decay, as a fraction of --lr")
     ap.add_argument("--d-model", type=int, default=192)
     ap.add_argument("--n-layers", type=int, default=4)
