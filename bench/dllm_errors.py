@@ -6,7 +6,9 @@ A failure is put in the first of these that applies, reading the worked answer l
 against the reference: the answer has the wrong number of lines (`line count`); a line is not
 `a op b = c.` (`malformed`); a line copies an operand or operation wrong (`operands`); a line
 has the right operands and a wrong result (`arithmetic`, by operation); else `final line`
-(every step right, the `#### N` line wrong). The table goes to stdout in markdown.
+(every step right, the `#### N` line wrong). A second table splits every line whose operands
+were copied right by operation and by whether its (value, op, operand) step was held out of
+training (test only): memorised facts against generalisation. Both go to stdout in markdown.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from dllm import EMBEDDED_MODEL_DIR
 from server.engine import Engine
 from server.sequence import GenerationRequest
-from tasks.arithmetic import check_answer, make_split
+from tasks.arithmetic import check_answer, is_held_out, make_split
 
 LINE = re.compile(r"^\s*(\d+) ([-+*/]) (\d+) = (\d+)\.\s*$")
 
@@ -39,6 +41,18 @@ def cause(answer: str, reference: str) -> str:
         if m.group(4) != w.group(4):
             return f"arithmetic {w.group(2)}"
     return "final line"
+
+
+def line_results(answer: str, reference: str) -> list[tuple[str, bool, bool]]:
+    """(op, held out of training, result right) for each line whose operands are right."""
+    got = [ln for ln in answer.strip().split("\n") if not ln.startswith("####")]
+    out = []
+    for line, want in zip(got, reference.split("\n")[:-1]):
+        m, w = LINE.match(line), LINE.match(want)
+        if m is not None and m.groups()[:3] == w.groups()[:3]:
+            x, op, y, z = w.groups()
+            out.append((op, is_held_out(int(x), op, int(y)), m.group(4) == z))
+    return out
 
 
 def main() -> None:
@@ -60,6 +74,22 @@ def main() -> None:
     print("| cause | failures | share of failures |\n|---|---|---|")
     for name, count in causes.most_common():
         print(f"| {name} | {count} | {100 * count / failed:.0f}% |")
+
+    seen = [check_answer(r.text, p.value) for p, r in zip(problems, results) if not p.unseen]
+    unseen = [check_answer(r.text, p.value) for p, r in zip(problems, results) if p.unseen]
+    print(f"\nproblems with only trained steps: {sum(seen)}/{len(seen)} right; with a held-out "
+          f"step: {sum(unseen)}/{len(unseen)} right\n")
+    lines = Counter()
+    right = Counter()
+    for p, r in zip(problems, results):
+        for op, held_out, ok in line_results(r.text, p.answer):
+            lines[op, held_out] += 1
+            right[op, held_out] += ok
+    print("| op | trained steps right | held-out steps right |\n|---|---|---|")
+    for op in "+-*/":
+        cells = [f"{right[op, h]}/{lines[op, h]} ({100 * right[op, h] / max(1, lines[op, h]):.0f}%)"
+                 for h in (False, True)]
+        print(f"| {op} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
