@@ -27,9 +27,13 @@ from tasks.arithmetic import check_answer, is_held_out, make_split
 LINE = re.compile(r"^\s*(\d+) ([-+*/]) (\d+) = (\d+)\.\s*$")
 
 
+def step_lines(answer: str) -> list[str]:
+    """The worked lines of an answer, without its `#### N` line."""
+    return [ln for ln in answer.strip().split("\n") if not ln.startswith("####")]
+
+
 def cause(answer: str, reference: str) -> str:
-    got = [ln for ln in answer.strip().split("\n") if not ln.startswith("####")]
-    ref = reference.split("\n")[:-1]
+    got, ref = step_lines(answer), step_lines(reference)
     if len(got) != len(ref):
         return "line count"
     for line, want in zip(got, ref):
@@ -45,9 +49,8 @@ def cause(answer: str, reference: str) -> str:
 
 def line_results(answer: str, reference: str) -> list[tuple[str, bool, bool]]:
     """(op, held out of training, result right) for each line whose operands are right."""
-    got = [ln for ln in answer.strip().split("\n") if not ln.startswith("####")]
     out = []
-    for line, want in zip(got, reference.split("\n")[:-1]):
+    for line, want in zip(step_lines(answer), step_lines(reference)):
         m, w = LINE.match(line), LINE.match(want)
         if m is not None and m.groups()[:3] == w.groups()[:3]:
             x, op, y, z = w.groups()
@@ -67,16 +70,17 @@ def main() -> None:
     requests = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "topk_confidence")
                 for p in problems]
     results = engine.generate(requests)
-    causes = Counter(cause(r.text, p.answer) for p, r in zip(problems, results)
-                     if not check_answer(r.text, p.value))
+    correct = [check_answer(r.text, p.value) for p, r in zip(problems, results)]
+    causes = Counter(cause(r.text, p.answer) for p, r, ok in zip(problems, results, correct)
+                     if not ok)
     failed = sum(causes.values())
     print(f"{args.n} test problems, {failed} failed ({100 * failed / args.n:.1f}%)\n")
     print("| cause | failures | share of failures |\n|---|---|---|")
     for name, count in causes.most_common():
         print(f"| {name} | {count} | {100 * count / failed:.0f}% |")
 
-    seen = [check_answer(r.text, p.value) for p, r in zip(problems, results) if not p.unseen]
-    unseen = [check_answer(r.text, p.value) for p, r in zip(problems, results) if p.unseen]
+    seen = [ok for p, ok in zip(problems, correct) if not p.unseen]
+    unseen = [ok for p, ok in zip(problems, correct) if p.unseen]
     print(f"\nproblems with only trained steps: {sum(seen)}/{len(seen)} right; with a held-out "
           f"step: {sum(unseen)}/{len(unseen)} right\n")
     lines = Counter()
