@@ -1,14 +1,17 @@
 """Fused Triton kernel for the per-step confidence statistics (see reference.py for the spec).
 
 Each program owns BLOCK_N rows and reads every logit exactly once, walking V in BLOCK_V
-chunks. Per lane (one column slot of the [BLOCK_N, BLOCK_V] tile) it keeps, in fp32:
-  - an online softmax: z = sum exp(x - m), s = sum exp(x - m) * (x - m), rescaled whenever
-    the row max m grows, so that entropy = log z - s / z;
-  - a running top-1 (value, index) and top-2 value;
+chunks, UNROLL chunks per loop iteration, all loaded before any is used so that each thread
+has UNROLL loads in flight (the kernel is bound by memory latency, not arithmetic). Per lane
+(one column slot of the [BLOCK_N, BLOCK_V] tile) it keeps, in fp32:
+  - an online softmax against the lane's own max m: z = sum exp(x - m) and
+    s = sum exp(x - m) * (x - m), so that entropy = log z - s / z after the merge; one exp
+    per logit (exp(-|x - m|) is either the new term or the rescale of the old sums);
+  - the lane max m is its top-1; with it the top-1 index and the top-2 value;
   - at T > 0 a running Gumbel-max over x / T + g (key, index, raw logit of the winner).
-Lanes are merged once at the end, ties going to the lowest index as in torch.argmax.
-Per-lane state costs registers but needs one cross-lane reduction per chunk (its max; two
-more when sampling) instead of one per statistic.
+Lanes are merged once at the end, ties going to the lowest index as in torch.argmax. The
+greedy loop has no cross-lane reduction at all; sampling adds two per iteration (to skip
+chunks whose keys cannot win).
 
 Optional epilogue (EMBED): the learned policy's input layer on the row's own statistics,
 embedding = bias + sum_f feat_f * weight[:, f] in fp32, written as [N, width] rows; it reads
@@ -92,12 +95,44 @@ def _embed(w_ptr, b_ptr, emb_ptr, stride_e, rows, row_ok, WIDTH, f0, f1, f2,
 
 
 @triton.jit
+def _load_chunk(x_rows, cols, row_ok, V, exclude):
+    x = tl.load(x_rows + cols, mask=row_ok[:, None] & (cols < V), other=float("-inf"))
+    return tl.where(cols == exclude, float("-inf"), x.to(tl.float32))
+
+
+@triton.jit
+def _fold(x, cols, m, z, s, t2, i1):
+    """Fold one chunk into the per-lane state: m the lane's max (= its top-1), z = sum
+    exp(x - m), s = sum exp(x - m) * (x - m), t2 its second largest logit, i1 the index of m.
+    One exp per logit: a = exp(-|x - m|) weighs the new term when x <= m and rescales the old
+    sums when x > m. Strict > keeps the earliest index; an equal later logit lands in t2."""
+    NEG_INF: tl.constexpr = float("-inf")
+    both = (x != NEG_INF) & (m != NEG_INF)  # a -inf logit adds nothing; a first one resets
+    up = x > m
+    xm = tl.where(both, x - tl.where(both, m, 0.0), 0.0)  # never -inf - -inf
+    a = tl.where(both, tl.exp(-tl.abs(xm)), 0.0)
+    z_new = tl.where(up, z * a + 1.0, z + a)
+    s_new = tl.where(up, a * (s - xm * z), s + a * xm)
+    return (tl.where(up, x, m), z_new, s_new, tl.where(up, m, tl.maximum(t2, x)),
+            tl.where(up, cols, i1))
+
+
+@triton.jit
+def _fold_keys(x, cols, key, inv_t, need, bk, bi, bx, PRECISE_LOG: tl.constexpr):
+    """Per-lane Gumbel-max over keys x / T + g (rows that need it; the rest get -inf)."""
+    k = tl.where(need[:, None], x * inv_t[:, None] + _gumbel(key, cols, PRECISE_LOG),
+                 float("-inf"))
+    gt = k > bk
+    return tl.where(gt, k, bk), tl.where(gt, cols, bi), tl.where(gt, x, bx)
+
+
+@triton.jit
 def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
                        tok_ptr, prob_ptr, top1_ptr, top2_ptr, ent_ptr,
                        w_ptr, b_ptr, emb_ptr, stride_e, WIDTH,
                        N, V, exclude,
                        SAMPLE: tl.constexpr, PRECISE_LOG: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, UNROLL: tl.constexpr,
                        EMBED: tl.constexpr, NUM_FEATS: tl.constexpr, FEAT0: tl.constexpr,
                        FEAT1: tl.constexpr, FEAT2: tl.constexpr, BLOCK_W: tl.constexpr):
     NEG_INF: tl.constexpr = float("-inf")
@@ -106,12 +141,11 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_n
     lane = tl.arange(0, BLOCK_V)
 
-    m = tl.full([BLOCK_N], NEG_INF, tl.float32)           # row max so far
+    m = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)   # per-lane max (top-1)
     z = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)           # per-lane sum exp(x - m)
     s = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)           # per-lane sum exp(x - m) * (x - m)
-    t1 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # per-lane top-1 / top-2 logits
-    t2 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)
-    i1 = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)
+    t2 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # per-lane second largest
+    i1 = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)  # per-lane index of the max
     # Gumbel-max state (dead code unless SAMPLE).
     bk = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # best key x / T + g
     bi = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)
@@ -129,63 +163,69 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
         hi = (seed >> 32).to(tl.uint32)
         key = _fmix32(lo ^ _fmix32(hi ^ 0x9E3779B9))[:, None]
 
-    for start in range(0, V, BLOCK_V):
-        cols = start + lane[None, :]
-        x = tl.load(x_rows + cols, mask=row_ok[:, None] & (cols < V), other=NEG_INF)
-        x = tl.where(cols == exclude, NEG_INF, x.to(tl.float32))
-
-        # Online softmax. m_safe keeps all -inf rows finite (no -inf - -inf = NaN).
-        chunk_max = tl.max(x, axis=1)
-        m_new = tl.maximum(m, chunk_max)
-        m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)
-        alpha = tl.exp(m - m_safe)[:, None]                          # 0 while m is -inf
-        shift = tl.where(m == NEG_INF, 0.0, m - m_safe)[:, None]     # (x - m_new) - (x - m)
-        s = alpha * (s + shift * z)
-        z = alpha * z
-        xc = tl.where(x == NEG_INF, 0.0, x - m_safe[:, None])       # p = 0 there: no 0 * -inf
-        e = tl.exp(x - m_safe[:, None])
-        z += e
-        s += e * xc
-        m = m_new
-
-        # Per-lane top-2; strict > keeps the earliest index, a duplicate max lands in t2.
-        gt = x > t1
-        t2 = tl.where(gt, t1, tl.maximum(t2, x))
-        t1 = tl.where(gt, x, t1)
-        i1 = tl.where(gt, cols, i1)
+    # UNROLL chunks per iteration, all loaded before any is used: UNROLL loads in flight per
+    # thread. The softmax and top-2 state is per lane, so the loop has no cross-lane reduction
+    # (and no barrier) unless sampling.
+    for start in range(0, V, BLOCK_V * UNROLL):
+        c0 = start + lane[None, :]
+        x0 = _load_chunk(x_rows, c0, row_ok, V, exclude)
+        if UNROLL > 1:
+            c1 = c0 + BLOCK_V
+            x1 = _load_chunk(x_rows, c1, row_ok, V, exclude)
+        if UNROLL > 2:
+            c2 = c1 + BLOCK_V
+            c3 = c2 + BLOCK_V
+            x2 = _load_chunk(x_rows, c2, row_ok, V, exclude)
+            x3 = _load_chunk(x_rows, c3, row_ok, V, exclude)
+        m, z, s, t2, i1 = _fold(x0, c0, m, z, s, t2, i1)
+        if UNROLL > 1:
+            m, z, s, t2, i1 = _fold(x1, c1, m, z, s, t2, i1)
+        if UNROLL > 2:
+            m, z, s, t2, i1 = _fold(x2, c2, m, z, s, t2, i1)
+            m, z, s, t2, i1 = _fold(x3, c3, m, z, s, t2, i1)
 
         if SAMPLE:
-            # g < G_MAX, so a chunk whose max cannot beat the best key so far is skipped
-            # (a key equal to it would lose the tie to the earlier index anyway).
-            need = sample & (chunk_max * inv_t + G_MAX > best)
+            # g < G_MAX, so chunks whose max cannot beat the best key so far are skipped (a
+            # key equal to it would lose the tie to the earlier index anyway).
+            gmax = x0
+            if UNROLL > 1:
+                gmax = tl.maximum(gmax, x1)
+            if UNROLL > 2:
+                gmax = tl.maximum(gmax, tl.maximum(x2, x3))
+            need = sample & (tl.max(gmax, axis=1) * inv_t + G_MAX > best)
             if tl.max(need.to(tl.int32), axis=0) > 0:
-                g = _gumbel(key, cols, PRECISE_LOG)
-                k = tl.where(need[:, None], x * inv_t[:, None] + g, NEG_INF)
-                gt = k > bk
-                bk = tl.where(gt, k, bk)
-                bi = tl.where(gt, cols, bi)
-                bx = tl.where(gt, x, bx)
-                best = tl.maximum(best, tl.max(k, axis=1))
+                bk, bi, bx = _fold_keys(x0, c0, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
+                if UNROLL > 1:
+                    bk, bi, bx = _fold_keys(x1, c1, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
+                if UNROLL > 2:
+                    bk, bi, bx = _fold_keys(x2, c2, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
+                    bk, bi, bx = _fold_keys(x3, c3, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
+                best = tl.max(bk, axis=1)
 
-    # Merge lanes: lowest index among the lanes holding the max.
-    top1 = tl.max(t1, axis=1)
-    idx1 = tl.min(tl.where(t1 == top1[:, None], i1, BIG_INDEX), axis=1)
-    # Second largest: the winner lane's t2, every other lane's t1 (a tie gives top2 == top1).
-    top2 = tl.max(tl.where(i1 == idx1[:, None], t2, t1), axis=1)
-    m_safe = tl.where(m == NEG_INF, 0.0, m)
-    zs = tl.sum(z, axis=1)
+    # Merge lanes once: the row max, sums rescaled to it, lowest index among the max lanes.
+    top1 = tl.max(m, axis=1)
+    m_safe = tl.where(top1 == NEG_INF, 0.0, top1)
+    live = m != NEG_INF
+    shift = tl.where(live, m - m_safe[:, None], 0.0)
+    w = tl.where(live, tl.exp(shift), 0.0)
+    zs = tl.sum(z * w, axis=1)
+    ss = tl.sum(w * (s + shift * z), axis=1)
+    idx1 = tl.min(tl.where(m == top1[:, None], i1, BIG_INDEX), axis=1)
+    # Second largest: the winner lane's t2, every other lane's max (a tie gives top2 == top1).
+    top2 = tl.max(tl.where(i1 == idx1[:, None], t2, m), axis=1)
     zs = tl.where(zs > 0, zs, 1.0)  # empty / out-of-range rows: stored as NaN or masked below
     inv_z = 1.0 / zs
-    entropy = tl.log(zs) - tl.sum(s, axis=1) * inv_z
+    entropy = tl.log(zs) - ss * inv_z
     token = idx1
-    x_tok = m
+    x_tok = top1
     if SAMPLE:
         kmax = tl.max(bk, axis=1)
         kidx = tl.min(tl.where(bk == kmax[:, None], bi, BIG_INDEX), axis=1)
         token = tl.where(sample, kidx, token)
-        x_tok = tl.where(sample, tl.max(tl.where(bi == kidx[:, None], bx, NEG_INF), axis=1), m)
+        x_tok = tl.where(sample, tl.max(tl.where(bi == kidx[:, None], bx, NEG_INF), axis=1),
+                         top1)
 
-    empty = m == NEG_INF  # no finite logit: token 0, NaN statistics (as the reference)
+    empty = top1 == NEG_INF  # no finite logit: token 0, NaN statistics (as the reference)
     nan = float("nan")
     prob = tl.where(empty, nan, tl.exp(x_tok - m_safe) * inv_z)
     p1 = tl.where(empty, nan, inv_z)
@@ -202,17 +242,20 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
                _feature(FEAT2, prob, p1, p2, entropy), NUM_FEATS, BLOCK_W)
 
 
-def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_V, num_warps). Large V: one row per program; small V: pack rows."""
+def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, num_warps, UNROLL). Large V: one row per program, 4 chunks loaded
+    per iteration; small V: pack rows."""
     block_v = min(triton.next_power_of_2(vocab), 2048 if on_gpu else 1024)
     block_n = max(1, min(16, (2048 if on_gpu else 4096) // block_v))
-    return block_n, block_v, 8 if block_n * block_v >= 2048 else 4
+    chunks = triton.cdiv(vocab, block_v)
+    unroll = 4 if chunks >= 4 else 2 if chunks >= 2 else 1
+    return block_n, block_v, 8 if block_n * block_v >= 2048 else 4, unroll
 
 
 def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | None,
                             seeds: torch.Tensor | None, exclude_token_id: int | None,
                             out: ConfidenceStats | None = None,
-                            config: tuple[int, int, int] | None = None,
+                            config: tuple[int, int, int, int] | None = None,
                             policy_input: PolicyInput | None = None) -> ConfidenceStats:
     """temperature: float32 [N] or None (greedy); seeds: int64 [N], needed if temperature is set.
     out: optional preallocated outputs (tests pre-fill them with poison; its embedding, if
@@ -241,7 +284,9 @@ def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | No
     if n == 0:
         return out
     on_gpu = logits.device.type == "cuda"
-    block_n, block_v, num_warps = config or pick_config(vocab, on_gpu)
+    block_n, block_v, num_warps, unroll = config or pick_config(vocab, on_gpu)
+    if unroll not in (1, 2, 4):
+        raise ValueError(f"UNROLL must be 1, 2 or 4, got {unroll}")
     sample = temperature is not None
     if sample:
         temperature = temperature.to(device=logits.device, dtype=torch.float32).contiguous()
@@ -255,7 +300,7 @@ def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | No
         emb if embed else logits, emb.stride(0) if embed else 0, width if embed else 0,
         n, vocab, exclude,
         SAMPLE=sample, PRECISE_LOG=on_gpu,
-        BLOCK_N=block_n, BLOCK_V=block_v,
+        BLOCK_N=block_n, BLOCK_V=block_v, UNROLL=unroll,
         EMBED=embed, NUM_FEATS=len(features) if embed else 1,
         FEAT0=codes[0] if embed else 0, FEAT1=codes[1] if embed else 0,
         FEAT2=codes[2] if embed else 0,

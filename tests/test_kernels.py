@@ -124,9 +124,10 @@ def test_triton_small_blocks_and_sampling(n, v, dtype):
     temps, seeds = random_sampling_args(n, gen)
     temps[3] = 1.0
     for t in (None, temps):
-        stats = confidence_stats_triton(logits, t, seeds, exclude, out=poisoned(n),
-                                        config=(2, 128, 4))
-        check_against_oracle(stats, logits, exclude, None if t is None else t > 0)
+        for unroll in (1, 2, 4):  # ties and max growth within and across unrolled chunks
+            stats = confidence_stats_triton(logits, t, seeds, exclude, out=poisoned(n),
+                                            config=(2, 128, 4, unroll))
+            check_against_oracle(stats, logits, exclude, None if t is None else t > 0)
     ref = confidence_stats_torch(logits, temps, seeds, exclude)
     assert torch.equal(stats.token, ref.token) and stats.token[3] == lane + 64
 
@@ -343,7 +344,8 @@ def test_triton_embedding_matches_reference(features, dtype):
 
 
 @needs_triton
-@pytest.mark.parametrize("width,config", [(200, (2, 128, 4)), (5, None), (128, (16, 64, 4))])
+@pytest.mark.parametrize("width,config",
+                         [(200, (2, 128, 4, 4)), (5, None), (128, (16, 64, 4, 1))])
 def test_triton_embedding_writes_every_element(width, config):
     """Poisoned outputs, widths that are not / are a power of two (BLOCK_W chunks), a partial
     last row block, and a strided out.embedding view whose extra columns stay untouched."""
