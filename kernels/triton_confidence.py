@@ -1,17 +1,17 @@
 """Fused Triton kernel for the per-step confidence statistics (see reference.py for the spec).
 
-Each program owns BLOCK_N rows and reads every logit exactly once, walking V in BLOCK_V
-chunks, UNROLL chunks per loop iteration, all loaded before any is used so that each thread
-has UNROLL loads in flight (the kernel is bound by memory latency, not arithmetic). Per lane
-(one column slot of the [BLOCK_N, BLOCK_V] tile) it keeps, in fp32:
-  - an online softmax against the lane's own max m: z = sum exp(x - m) and
-    s = sum exp(x - m) * (x - m), so that entropy = log z - s / z after the merge; one exp
-    per logit (exp(-|x - m|) is either the new term or the rescale of the old sums);
-  - the lane max m is its top-1; with it the top-1 index and the top-2 value;
+Each program owns BLOCK_N rows and reads every logit exactly once, walking V in groups of
+UNROLL chunks of BLOCK_V columns, all of a group loaded before any is used so that each thread
+has UNROLL loads in flight. Per lane (one column slot of the [BLOCK_N, BLOCK_V] tile) it keeps,
+in fp32:
+  - an online softmax against the row max m: z = sum exp(x - m), s = sum exp(x - m) * (x - m),
+    rescaled once per group when m grows, so that entropy = log z - s / z;
+  - a running top-1 (value, chunk number) and top-2 value;
   - at T > 0 a running Gumbel-max over x / T + g (key, index, raw logit of the winner).
-Lanes are merged once at the end, ties going to the lowest index as in torch.argmax. The
-greedy loop has no cross-lane reduction at all; sampling adds two per iteration (to skip
-chunks whose keys cannot win).
+The row max of a group is the loop's only cross-lane reduction (two more per group when
+sampling), and whole groups load with no column bound: the H200 runs showed the kernel bound
+by instructions per logit, not by bytes. Lanes are merged once at the end, ties going to the
+lowest index as in torch.argmax.
 
 Optional epilogue (EMBED): the learned policy's input layer on the row's own statistics,
 embedding = bias + sum_f feat_f * weight[:, f] in fp32, written as [N, width] rows; it reads
@@ -95,26 +95,30 @@ def _embed(w_ptr, b_ptr, emb_ptr, stride_e, rows, row_ok, WIDTH, f0, f1, f2,
 
 
 @triton.jit
-def _load_chunk(x_rows, cols, row_ok, V, exclude):
-    x = tl.load(x_rows + cols, mask=row_ok[:, None] & (cols < V), other=float("-inf"))
-    return tl.where(cols == exclude, float("-inf"), x.to(tl.float32))
+def _load(x_rows, cols, row_ok, V, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+    if MASKED:  # the last, partial group of chunks
+        x = tl.load(x_rows + cols, mask=row_ok[:, None] & (cols < V), other=float("-inf"))
+    elif BLOCK_N == 1:  # the program's one row exists: no predicate at all
+        x = tl.load(x_rows + cols)
+    else:
+        x = tl.load(x_rows + cols, mask=row_ok[:, None], other=float("-inf"))
+    return x.to(tl.float32)
 
 
 @triton.jit
-def _fold(x, cols, m, z, s, t2, i1):
-    """Fold one chunk into the per-lane state: m the lane's max (= its top-1), z = sum
-    exp(x - m), s = sum exp(x - m) * (x - m), t2 its second largest logit, i1 the index of m.
-    One exp per logit: a = exp(-|x - m|) weighs the new term when x <= m and rescales the old
-    sums when x > m. Strict > keeps the earliest index; an equal later logit lands in t2."""
-    NEG_INF: tl.constexpr = float("-inf")
-    both = (x != NEG_INF) & (m != NEG_INF)  # a -inf logit adds nothing; a first one resets
-    up = x > m
-    xm = tl.where(both, x - tl.where(both, m, 0.0), 0.0)  # never -inf - -inf
-    a = tl.where(both, tl.exp(-tl.abs(xm)), 0.0)
-    z_new = tl.where(up, z * a + 1.0, z + a)
-    s_new = tl.where(up, a * (s - xm * z), s + a * xm)
-    return (tl.where(up, x, m), z_new, s_new, tl.where(up, m, tl.maximum(t2, x)),
-            tl.where(up, cols, i1))
+def _exp_sums(x, m, z, s):
+    """z += exp(x - m), s += exp(x - m) * (x - m); m is the row max, so no term overflows."""
+    d = x - m[:, None]
+    e = tl.exp(d)
+    return z + e, s + e * tl.maximum(d, -3.0e38)  # a -inf logit: e = 0 and 0 * -3e38 = 0
+
+
+@triton.jit
+def _top2(x, k, t1, t2, i1):
+    """Per-lane top-1 (value, chunk number k) and top-2. Strict > keeps the earliest chunk;
+    an equal later logit lands in t2."""
+    gt = x > t1
+    return tl.where(gt, x, t1), tl.where(gt, t1, tl.maximum(t2, x)), tl.where(gt, k, i1)
 
 
 @triton.jit
@@ -124,6 +128,72 @@ def _fold_keys(x, cols, key, inv_t, need, bk, bi, bx, PRECISE_LOG: tl.constexpr)
                  float("-inf"))
     gt = k > bk
     return tl.where(gt, k, bk), tl.where(gt, cols, bi), tl.where(gt, x, bx)
+
+
+@triton.jit
+def _group(x_rows, start, lane, row_ok, V, exclude, m, z, s, t1, t2, i1,
+           key, inv_t, sample, best, bk, bi, bx,
+           MASKED: tl.constexpr, SAMPLE: tl.constexpr, PRECISE_LOG: tl.constexpr,
+           BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, UNROLL: tl.constexpr):
+    """UNROLL chunks of BLOCK_V columns from `start`, all loaded before any is used."""
+    NEG_INF: tl.constexpr = float("-inf")
+    c0 = start + lane[None, :]
+    x0 = _load(x_rows, c0, row_ok, V, MASKED, BLOCK_N)
+    x1 = x0
+    x2 = x0
+    x3 = x0
+    if UNROLL > 1:
+        x1 = _load(x_rows, c0 + BLOCK_V, row_ok, V, MASKED, BLOCK_N)
+    if UNROLL > 2:
+        x2 = _load(x_rows, c0 + 2 * BLOCK_V, row_ok, V, MASKED, BLOCK_N)
+        x3 = _load(x_rows, c0 + 3 * BLOCK_V, row_ok, V, MASKED, BLOCK_N)
+    if (exclude >= start) & (exclude < start + UNROLL * BLOCK_V):  # one group in V / span
+        x0 = tl.where(c0 == exclude, NEG_INF, x0)
+        x1 = tl.where(c0 + BLOCK_V == exclude, NEG_INF, x1)
+        x2 = tl.where(c0 + 2 * BLOCK_V == exclude, NEG_INF, x2)
+        x3 = tl.where(c0 + 3 * BLOCK_V == exclude, NEG_INF, x3)
+    gmax = x0
+    if UNROLL > 1:
+        gmax = tl.maximum(gmax, x1)
+    if UNROLL > 2:
+        gmax = tl.maximum(gmax, tl.maximum(x2, x3))
+    group_max = tl.max(gmax, axis=1)  # the loop's one cross-lane reduction
+
+    # Online softmax against the row max: rescale the lanes' sums once per group.
+    m_new = tl.maximum(m, group_max)
+    m_safe = tl.where(m_new == NEG_INF, 0.0, m_new)  # all -inf so far: keep it finite
+    alpha = tl.exp(m - m_safe)[:, None]  # 0 while m is -inf
+    shift = tl.where(m == NEG_INF, 0.0, m - m_safe)[:, None]  # (x - m_new) - (x - m)
+    s = alpha * (s + shift * z)
+    z = alpha * z
+    k0 = start // BLOCK_V
+    z, s = _exp_sums(x0, m_safe, z, s)
+    t1, t2, i1 = _top2(x0, k0, t1, t2, i1)
+    if UNROLL > 1:
+        z, s = _exp_sums(x1, m_safe, z, s)
+        t1, t2, i1 = _top2(x1, k0 + 1, t1, t2, i1)
+    if UNROLL > 2:
+        z, s = _exp_sums(x2, m_safe, z, s)
+        t1, t2, i1 = _top2(x2, k0 + 2, t1, t2, i1)
+        z, s = _exp_sums(x3, m_safe, z, s)
+        t1, t2, i1 = _top2(x3, k0 + 3, t1, t2, i1)
+
+    if SAMPLE:
+        # g < G_MAX, so a group whose max cannot beat the best key so far is skipped (a key
+        # equal to it would lose the tie to the earlier index anyway).
+        need = sample & (group_max * inv_t + G_MAX > best)
+        if tl.max(need.to(tl.int32), axis=0) > 0:
+            bk, bi, bx = _fold_keys(x0, c0, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
+            if UNROLL > 1:
+                bk, bi, bx = _fold_keys(x1, c0 + BLOCK_V, key, inv_t, need, bk, bi, bx,
+                                        PRECISE_LOG)
+            if UNROLL > 2:
+                bk, bi, bx = _fold_keys(x2, c0 + 2 * BLOCK_V, key, inv_t, need, bk, bi, bx,
+                                        PRECISE_LOG)
+                bk, bi, bx = _fold_keys(x3, c0 + 3 * BLOCK_V, key, inv_t, need, bk, bi, bx,
+                                        PRECISE_LOG)
+            best = tl.max(bk, axis=1)
+    return m_new, z, s, t1, t2, i1, best, bk, bi, bx
 
 
 @triton.jit
@@ -141,11 +211,12 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_n
     lane = tl.arange(0, BLOCK_V)
 
-    m = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)   # per-lane max (top-1)
+    m = tl.full([BLOCK_N], NEG_INF, tl.float32)            # row max so far
     z = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)           # per-lane sum exp(x - m)
     s = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)           # per-lane sum exp(x - m) * (x - m)
-    t2 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # per-lane second largest
-    i1 = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)  # per-lane index of the max
+    t1 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # per-lane top-1 / top-2 logits
+    t2 = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)
+    i1 = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)  # chunk number of the lane's top-1
     # Gumbel-max state (dead code unless SAMPLE).
     bk = tl.full([BLOCK_N, BLOCK_V], NEG_INF, tl.float32)  # best key x / T + g
     bi = tl.full([BLOCK_N, BLOCK_V], BIG_INDEX, tl.int32)
@@ -163,69 +234,38 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
         hi = (seed >> 32).to(tl.uint32)
         key = _fmix32(lo ^ _fmix32(hi ^ 0x9E3779B9))[:, None]
 
-    # UNROLL chunks per iteration, all loaded before any is used: UNROLL loads in flight per
-    # thread. The softmax and top-2 state is per lane, so the loop has no cross-lane reduction
-    # (and no barrier) unless sampling.
-    for start in range(0, V, BLOCK_V * UNROLL):
-        c0 = start + lane[None, :]
-        x0 = _load_chunk(x_rows, c0, row_ok, V, exclude)
-        if UNROLL > 1:
-            c1 = c0 + BLOCK_V
-            x1 = _load_chunk(x_rows, c1, row_ok, V, exclude)
-        if UNROLL > 2:
-            c2 = c1 + BLOCK_V
-            c3 = c2 + BLOCK_V
-            x2 = _load_chunk(x_rows, c2, row_ok, V, exclude)
-            x3 = _load_chunk(x_rows, c3, row_ok, V, exclude)
-        m, z, s, t2, i1 = _fold(x0, c0, m, z, s, t2, i1)
-        if UNROLL > 1:
-            m, z, s, t2, i1 = _fold(x1, c1, m, z, s, t2, i1)
-        if UNROLL > 2:
-            m, z, s, t2, i1 = _fold(x2, c2, m, z, s, t2, i1)
-            m, z, s, t2, i1 = _fold(x3, c3, m, z, s, t2, i1)
+    span = UNROLL * BLOCK_V
+    full = V // span * span
+    for start in range(0, full, span):  # whole groups: loads without a column bound
+        m, z, s, t1, t2, i1, best, bk, bi, bx = _group(
+            x_rows, start, lane, row_ok, V, exclude, m, z, s, t1, t2, i1, key, inv_t, sample,
+            best, bk, bi, bx, False, SAMPLE, PRECISE_LOG, BLOCK_N, BLOCK_V, UNROLL)
+    if full < V:  # the partial last group
+        m, z, s, t1, t2, i1, best, bk, bi, bx = _group(
+            x_rows, full, lane, row_ok, V, exclude, m, z, s, t1, t2, i1, key, inv_t, sample,
+            best, bk, bi, bx, True, SAMPLE, PRECISE_LOG, BLOCK_N, BLOCK_V, UNROLL)
 
-        if SAMPLE:
-            # g < G_MAX, so chunks whose max cannot beat the best key so far are skipped (a
-            # key equal to it would lose the tie to the earlier index anyway).
-            gmax = x0
-            if UNROLL > 1:
-                gmax = tl.maximum(gmax, x1)
-            if UNROLL > 2:
-                gmax = tl.maximum(gmax, tl.maximum(x2, x3))
-            need = sample & (tl.max(gmax, axis=1) * inv_t + G_MAX > best)
-            if tl.max(need.to(tl.int32), axis=0) > 0:
-                bk, bi, bx = _fold_keys(x0, c0, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
-                if UNROLL > 1:
-                    bk, bi, bx = _fold_keys(x1, c1, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
-                if UNROLL > 2:
-                    bk, bi, bx = _fold_keys(x2, c2, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
-                    bk, bi, bx = _fold_keys(x3, c3, key, inv_t, need, bk, bi, bx, PRECISE_LOG)
-                best = tl.max(bk, axis=1)
-
-    # Merge lanes once: the row max, sums rescaled to it, lowest index among the max lanes.
-    top1 = tl.max(m, axis=1)
-    m_safe = tl.where(top1 == NEG_INF, 0.0, top1)
-    live = m != NEG_INF
-    shift = tl.where(live, m - m_safe[:, None], 0.0)
-    w = tl.where(live, tl.exp(shift), 0.0)
-    zs = tl.sum(z * w, axis=1)
-    ss = tl.sum(w * (s + shift * z), axis=1)
-    idx1 = tl.min(tl.where(m == top1[:, None], i1, BIG_INDEX), axis=1)
-    # Second largest: the winner lane's t2, every other lane's max (a tie gives top2 == top1).
-    top2 = tl.max(tl.where(i1 == idx1[:, None], t2, m), axis=1)
+    # Merge lanes: lowest column among the lanes holding the max.
+    top1 = m
+    m_safe = tl.where(m == NEG_INF, 0.0, m)
+    at_max = (t1 == top1[:, None]) & (i1 != BIG_INDEX)
+    idx1 = tl.min(tl.where(at_max, i1 * BLOCK_V + lane[None, :], BIG_INDEX), axis=1)
+    # Second largest: the winner lane's t2, every other lane's t1 (a tie gives top2 == top1).
+    winner = lane[None, :] == (idx1 % BLOCK_V)[:, None]
+    top2 = tl.max(tl.where(winner, t2, t1), axis=1)
+    zs = tl.sum(z, axis=1)
     zs = tl.where(zs > 0, zs, 1.0)  # empty / out-of-range rows: stored as NaN or masked below
     inv_z = 1.0 / zs
-    entropy = tl.log(zs) - ss * inv_z
+    entropy = tl.log(zs) - tl.sum(s, axis=1) * inv_z
     token = idx1
-    x_tok = top1
+    x_tok = m
     if SAMPLE:
         kmax = tl.max(bk, axis=1)
         kidx = tl.min(tl.where(bk == kmax[:, None], bi, BIG_INDEX), axis=1)
         token = tl.where(sample, kidx, token)
-        x_tok = tl.where(sample, tl.max(tl.where(bi == kidx[:, None], bx, NEG_INF), axis=1),
-                         top1)
+        x_tok = tl.where(sample, tl.max(tl.where(bi == kidx[:, None], bx, NEG_INF), axis=1), m)
 
-    empty = top1 == NEG_INF  # no finite logit: token 0, NaN statistics (as the reference)
+    empty = m == NEG_INF  # no finite logit: token 0, NaN statistics (as the reference)
     nan = float("nan")
     prob = tl.where(empty, nan, tl.exp(x_tok - m_safe) * inv_z)
     p1 = tl.where(empty, nan, inv_z)

@@ -124,9 +124,11 @@ def test_triton_small_blocks_and_sampling(n, v, dtype):
     temps, seeds = random_sampling_args(n, gen)
     temps[3] = 1.0
     for t in (None, temps):
-        for unroll in (1, 2, 4):  # ties and max growth within and across unrolled chunks
+        # Ties and max growth within and across unrolled chunks; whole groups and the partial
+        # last one; one row per program (loads with no predicate) and several.
+        for config in [(2, 128, 4, 1), (2, 128, 4, 2), (2, 128, 4, 4), (1, 128, 4, 4)]:
             stats = confidence_stats_triton(logits, t, seeds, exclude, out=poisoned(n),
-                                            config=(2, 128, 4, unroll))
+                                            config=config)
             check_against_oracle(stats, logits, exclude, None if t is None else t > 0)
     ref = confidence_stats_torch(logits, temps, seeds, exclude)
     assert torch.equal(stats.token, ref.token) and stats.token[3] == lane + 64
