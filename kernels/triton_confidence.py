@@ -284,12 +284,13 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
 
 def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_V, num_warps, UNROLL). Large V: one row per program, 4 chunks loaded
-    per iteration; small V: pack rows."""
-    block_v = min(triton.next_power_of_2(vocab), 2048 if on_gpu else 1024)
-    block_n = max(1, min(16, (2048 if on_gpu else 4096) // block_v))
+    per iteration (on the H200, 1024 columns x 8 warps x 4 chunks beat the other configs of
+    kernels/bench.py's sweep at 1,024 rows and more); small V: pack rows."""
+    block_v = min(triton.next_power_of_2(vocab), 1024)
+    block_n = max(1, min(16, (1024 if on_gpu else 4096) // block_v))
     chunks = triton.cdiv(vocab, block_v)
     unroll = 4 if chunks >= 4 else 2 if chunks >= 2 else 1
-    return block_n, block_v, 8 if block_n * block_v >= 2048 else 4, unroll
+    return block_n, block_v, 8 if block_n * block_v >= 1024 else 4, unroll
 
 
 def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | None,
