@@ -226,7 +226,7 @@ def bench_shape(n: int, v: int, compiled) -> dict:
     seeds = torch.arange(n, device="cuda")
     dst = torch.empty_like(inputs[0])
     row = {"rows": n, "vocab": v, "buffers": nbuf, "logits_mb": nbytes / 2**20,
-           "default_config": pick_config(v, True)}
+           "default_config": pick_config(v, n, True)}
     row["fused_ms"] = time_ms(lambda x: confidence_stats_triton(x, None, None, None), inputs)
     row["fused_sample_ms"] = time_ms(lambda x: confidence_stats_triton(x, temps, seeds, None),
                                      inputs)

@@ -282,11 +282,12 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
                _feature(FEAT2, prob, p1, p2, entropy), NUM_FEATS, BLOCK_W)
 
 
-def pick_config(vocab: int, on_gpu: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_V, num_warps, UNROLL). Large V: one row per program, 4 chunks loaded
-    per iteration (on the H200, 1024 columns x 8 warps x 4 chunks beat the other configs of
-    kernels/bench.py's sweep at 1,024 rows and more); small V: pack rows."""
-    block_v = min(triton.next_power_of_2(vocab), 1024)
+def pick_config(vocab: int, rows: int, on_gpu: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_V, num_warps, UNROLL). Large V: one row per program and 4 chunks loaded
+    per iteration, of 1024 columns from 1,024 rows up and of 2048 below (fewer programs than
+    the GPU holds at once: each does more per iteration), the fastest configs of the H200 sweep
+    in docs/BENCHMARKS.md; small V: pack rows."""
+    block_v = min(triton.next_power_of_2(vocab), 2048 if on_gpu and rows < 1024 else 1024)
     block_n = max(1, min(16, (1024 if on_gpu else 4096) // block_v))
     chunks = triton.cdiv(vocab, block_v)
     unroll = 4 if chunks >= 4 else 2 if chunks >= 2 else 1
@@ -325,7 +326,7 @@ def confidence_stats_triton(logits: torch.Tensor, temperature: torch.Tensor | No
     if n == 0:
         return out
     on_gpu = logits.device.type == "cuda"
-    block_n, block_v, num_warps, unroll = config or pick_config(vocab, on_gpu)
+    block_n, block_v, num_warps, unroll = config or pick_config(vocab, n, on_gpu)
     if unroll not in (1, 2, 4):
         raise ValueError(f"UNROLL must be 1, 2 or 4, got {unroll}")
     sample = temperature is not None
