@@ -173,7 +173,8 @@ def test_training_is_seed_deterministic_and_resumes_exactly(tmp_path):
 def test_lr_schedule_warmup_stable_decay_and_decay_to_zero():
     from dllm.train import lr_at
 
-    # the shipped default: warm-up, constant, linear decay to 10% over the last half
+    # warmup-stable-decay (the previous recipe): warm-up, constant, then linear decay to 10%
+    # over the last half
     assert lr_at(0, 100, 1.0, 10, 0.5) == 0.1 and lr_at(9, 100, 1.0, 10, 0.5) == 1.0
     assert lr_at(49, 100, 1.0, 10, 0.5) == 1.0 and lr_at(50, 100, 1.0, 10, 0.5) == 1.0
     assert math.isclose(lr_at(100, 100, 1.0, 10, 0.5), 0.1)

@@ -539,7 +539,6 @@ def test_health_is_503_when_the_engine_loop_dies(engine, tiny_model_dir):
         assert tc.post("/generate", json={"prompt": PROMPT}).status_code == 503
 
 
-
 def test_prompts_are_tokenized_off_the_event_loop(engine, tiny_model_dir, monkeypatch):
     """Tokenizing a 1 MiB prompt takes seconds: on the event loop it would stall every other
     request and /health meanwhile."""
