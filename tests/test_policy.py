@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -81,8 +80,9 @@ def test_learned_sampler_end_to_end(tiny_engine, shipped_like_policy, tiny_model
             ids, "learned", {"beta": 0.001}, gen_length=16, block_length=4, steps=16)])
         assert r.nfe == 16 and min(r.step_counts) == 1
         (fast,) = tiny_engine.generate([GenerationRequest(
-            ids, "learned", {"beta": 100.0}, gen_length=16, block_length=4, steps=16)])
-        assert fast.nfe == 4  # everything in the block at once
+            ids, "learned", {"beta": 100.0, "policy_temperature": 1.0}, gen_length=16,
+            block_length=4, steps=16)])
+        assert fast.nfe == 4  # everything in the block at once: 100 * sigmoid(-2) > 1
         vr = tiny_engine.validate(GenerationRequest(ids, "learned", gen_length=16,
                                                     block_length=16))
         assert vr.params.policy == "p"  # the closest block length is the only one
@@ -202,11 +202,10 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_p
         "import sys\n"
         "from sampler_plugins.policy_trainer import train\n"
         "train(sys.argv[1:], reward_fn=lambda r, p, L: 1.0 - r.nfe / L)\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script),
+    # --standalone: torchrun's own rendezvous on a free port (no port picked here and then
+    # raced for by another process)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script),
            "--model", str(tiny_model_dir), "--out", str(tmp_path / "ddp"), "--gen-length", "8",
            "--block-length", "4", "--iterations", "3", "--prompts-per-step", "2",
            "--group-size", "4", "--lr", "0.01", "--threads", "1"]
