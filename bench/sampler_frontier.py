@@ -31,14 +31,14 @@ SWEEPS = {
         "margin:steps=48|12", "entropy:steps=48|12",
         "threshold:threshold=0.999|0.9|0.7|0.5", "factor:factor=0.01|1|4",
         "eb:gamma=0.001|0.1|1", "klass:conf=0.9|0.5,kl=0.01",
-        "learned:beta=0.5|1|2|4",
+        "learned:beta=0.5|0.75|1|8",
     ],
     "full": [
         "random:steps=48|12", "topk_confidence:steps=48|12|6",
         "margin:steps=48|12", "entropy:steps=48|12",
         "threshold:threshold=0.999|0.9|0.7|0.5", "factor:factor=0.01|1|4",
         "eb:gamma=0.001|0.1|1", "klass:conf=0.9|0.7|0.5,kl=0.01",
-        "learned:beta=0.25|0.5|1|2",
+        "learned:beta=0.5|0.75|1|2",
     ],
 }
 

@@ -29,7 +29,9 @@ class LearnedParams(SamplerParams):
                                description="policy name; default: the one trained for the "
                                            "request's block length")
     mode: Literal["bernoulli", "bernoulli-argmax"] = "bernoulli-argmax"
-    policy_temperature: float = Field(1.0, gt=0.0, le=100.0, description="tau_pi")
+    # 0.25, not the paper's 1: on the validation split a cooler policy commits the positions
+    # it is sure of and leaves the rest, instead of drawing them at random (docs/BENCHMARKS.md)
+    policy_temperature: float = Field(0.25, gt=0.0, le=100.0, description="tau_pi")
     beta: float = Field(1.0, gt=0.0, le=1000.0, description="s -> min(1, beta * s)")
 
     @field_validator("policy")

@@ -101,6 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Rollouts draw every position independently from the network's own probabilities (the
+# paper's tau_pi = 1, no beta), whatever the serving defaults are; the loss uses the same.
+ROLLOUT_KNOBS = {"mode": "bernoulli", "policy_temperature": 1.0, "beta": 1.0}
+
+
 def rollout_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "little")
 
@@ -126,8 +131,8 @@ def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float,
     logits = net(feats, torch.stack([s["mask_bits"] for s in steps]),
                  torch.stack([s["t"] for s in steps]), torch.stack([s["valid"] for s in steps]))
     decide = torch.stack([s["decide"] for s in steps])
-    logp = bernoulli_log_prob(unmask_probs(logits), torch.stack([s["action"] for s in steps]),
-                              decide)
+    s_probs = unmask_probs(logits, ROLLOUT_KNOBS["policy_temperature"], ROLLOUT_KNOBS["beta"])
+    logp = bernoulli_log_prob(s_probs, torch.stack([s["action"] for s in steps]), decide)
     expert = torch.stack([s["expert"] for s in steps])
     old = mixture_log_prob(torch.stack([s["logp"] for s in steps]), expert, expert_mix)
     ratio = torch.exp(mixture_log_prob(logp, expert, expert_mix) - old)
@@ -191,7 +196,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         net.eval()
         reqs = [GenerationRequest(
             engine.tokenizer(p.prompt)["input_ids"], "learned",
-            {"policy": TRAIN_EXPERT if g >= G else TRAIN_POLICY, "mode": "bernoulli"},
+            {"policy": TRAIN_EXPERT if g >= G else TRAIN_POLICY, **ROLLOUT_KNOBS},
             gen_length=L, block_length=block_length, steps=L,
             seed=rollout_seed(args.seed, it, rank, i, g))
             for i, p in enumerate(batch) for g in range(G + E)]

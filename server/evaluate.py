@@ -160,9 +160,13 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def curve(r: dict) -> str:  # one line per sampler, and per policy for `learned`
-        policy = r["params"].get("policy")
-        return f"{r['sampler']} ({policy})" if policy else r["sampler"]
+    def curve(r: dict) -> str:  # one line per sampler, and per policy and tau for `learned`
+        params, tags = r["params"], []
+        if "policy" in params:
+            tags.append(params["policy"])
+        if "policy_temperature" in params:
+            tags.append(f"tau {params['policy_temperature']}")
+        return f"{r['sampler']} ({', '.join(tags)})" if tags else r["sampler"]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more curves than the default 10 colours
