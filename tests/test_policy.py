@@ -247,3 +247,28 @@ def test_engine_hands_the_policy_its_kernel_embedding(tiny_engine, monkeypatch):
     assert [r.token_ids for r in fused] == [r.token_ids for r in plain]
     assert [r.step_counts for r in fused] == [r.step_counts for r in plain]
     assert len({tuple(r.step_counts) for r in fused}) > 1 or max(fused[0].step_counts) > 1
+
+
+def test_first_grpo_pass_reproduces_the_rollout_likelihood(tiny_engine):
+    """The loss recomputes each recorded step's log-likelihood with the trainer's rollout knobs:
+    before any update the PPO ratio is exactly 1, so with advantage 1 the loss is -1. (If the
+    rollouts used the serving defaults, tau 0.25, the ratio would be off and the loss not -1.)"""
+    from sampler_plugins.policy_trainer import ROLLOUT_KNOBS, grpo_loss
+
+    torch.manual_seed(0)
+    net = PolicyNet()
+    with torch.no_grad():  # logits spread around 0, so that tau changes s and draws vary
+        net.head.weight.normal_(0.0, 1.0)
+        net.head.bias.fill_(0.0)
+    STORE.add(Policy("rec", net, {"block_length": 4}, record=True))
+    try:
+        ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+        (r,) = tiny_engine.generate([GenerationRequest(
+            ids, "learned", {"policy": "rec", **ROLLOUT_KNOBS}, gen_length=16, block_length=4,
+            steps=16, seed=1)])
+    finally:
+        STORE.remove("rec")
+    steps = r.sampler_state["steps"]
+    assert len(steps) == r.nfe >= 4
+    loss = grpo_loss(net, steps, torch.ones(len(steps)), clip=0.5)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
