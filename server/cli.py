@@ -59,6 +59,21 @@ def _param(text: str) -> tuple[str, object]:
     return key, _value(value)
 
 
+def _block_length_arg(text: str) -> int | str:
+    """`--block-length N` or `full` (one block over the whole canvas: full diffusion)."""
+    if text == "full":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'full', got {text!r}") from None
+
+
+def _resolve_block_length(block: int | str | None, gen_length: int) -> int | None:
+    return gen_length if block == "full" else block
+
+
 def cmd_generate(argv: list[str]) -> int:
     from server.sequence import GenerationRequest, InvalidRequest
 
@@ -67,7 +82,8 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("--sampler", default="topk_confidence")
     ap.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--gen-length", type=int)
-    ap.add_argument("--block-length", type=int)
+    ap.add_argument("--block-length", type=_block_length_arg,
+                    help="N or 'full' (default: gen length / 4)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -81,7 +97,9 @@ def cmd_generate(argv: list[str]) -> int:
     req = GenerationRequest(
         prompt_ids=engine.tokenizer(prompt)["input_ids"], sampler=args.sampler,
         sampler_params=dict(args.param), gen_length=args.gen_length,
-        block_length=args.block_length, steps=args.steps, temperature=args.temperature,
+        block_length=_resolve_block_length(
+            args.block_length, args.gen_length or engine.default_gen_length),
+        steps=args.steps, temperature=args.temperature,
         seed=args.seed, stop_at_eos=args.stop_at_eos, watch=args.show_steps)
 
     def show(report) -> None:
@@ -118,7 +136,8 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--sampler", action="append", required=True, metavar="SPEC",
                     help="name or name:key=value,key=v1|v2 (a sweep); repeatable")
-    ap.add_argument("--block-length", default=None, help="N or 'full' (default: gen length / 4)")
+    ap.add_argument("--block-length", type=_block_length_arg,
+                    help="N or 'full' (default: gen length / 4)")
     ap.add_argument("--gen-length", type=int)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--json", type=Path)
@@ -126,9 +145,8 @@ def cmd_eval(argv: list[str]) -> int:
     _add_model_args(ap)
     args = ap.parse_args(argv)
     engine = _engine(args)
-    gen_length = args.gen_length or engine.default_gen_length
-    block = args.block_length
-    block_length = gen_length if block == "full" else (int(block) if block else None)
+    block_length = _resolve_block_length(args.block_length,
+                                         args.gen_length or engine.default_gen_length)
     try:
         run_eval(engine, args.split, args.n, args.sampler, block_length, args.gen_length,
                  args.json, args.plot, args.batch_size)
