@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
 from sampler_plugins.policy_store import STORE, Policy, model_fingerprint, save_policy
+from server.cli import block_length_arg, resolve_block_length
 from server.engine import Engine
 from server.sequence import GenerationRequest, SequenceResult
 from tasks.arithmetic import Problem, check_answer, make_split
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default=None, help="policy name (default: the --out folder name)")
     ap.add_argument("--gen-length", type=int, default=48)
-    ap.add_argument("--block-length", default="12", help="N or 'full'")
+    ap.add_argument("--block-length", type=block_length_arg, default=12, help="N or 'full'")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--features", default="confidence",
                     help=f"comma-separated subset of {','.join(FEATURES)}")
@@ -157,7 +158,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     engine = Engine.from_dir(model_dir, device=args.device, dtype=dtype,
                              default_gen_length=args.gen_length)
     L = args.gen_length
-    block_length = L if args.block_length == "full" else int(args.block_length)
+    block_length = resolve_block_length(args.block_length, L)
     reward_fn = reward_fn or task_reward(args.alpha)
     features = tuple(f.strip() for f in args.features.split(","))
 

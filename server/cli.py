@@ -59,7 +59,7 @@ def _param(text: str) -> tuple[str, object]:
     return key, _value(value)
 
 
-def _block_length_arg(text: str) -> int | str:
+def block_length_arg(text: str) -> int | str:
     """`--block-length N` or `full` (one block over the whole canvas: full diffusion)."""
     if text == "full":
         return text
@@ -70,7 +70,7 @@ def _block_length_arg(text: str) -> int | str:
             f"expected a positive integer or 'full', got {text!r}") from None
 
 
-def _resolve_block_length(block: int | str | None, gen_length: int) -> int | None:
+def resolve_block_length(block: int | str | None, gen_length: int) -> int | None:
     return gen_length if block == "full" else block
 
 
@@ -82,7 +82,7 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("--sampler", default="topk_confidence")
     ap.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--gen-length", type=int)
-    ap.add_argument("--block-length", type=_block_length_arg,
+    ap.add_argument("--block-length", type=block_length_arg,
                     help="N or 'full' (default: gen length / 4)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--temperature", type=float, default=0.0)
@@ -97,7 +97,7 @@ def cmd_generate(argv: list[str]) -> int:
     req = GenerationRequest(
         prompt_ids=engine.tokenizer(prompt)["input_ids"], sampler=args.sampler,
         sampler_params=dict(args.param), gen_length=args.gen_length,
-        block_length=_resolve_block_length(
+        block_length=resolve_block_length(
             args.block_length, args.gen_length or engine.default_gen_length),
         steps=args.steps, temperature=args.temperature,
         seed=args.seed, stop_at_eos=args.stop_at_eos, watch=args.show_steps)
@@ -136,7 +136,7 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--sampler", action="append", required=True, metavar="SPEC",
                     help="name or name:key=value,key=v1|v2 (a sweep); repeatable")
-    ap.add_argument("--block-length", type=_block_length_arg,
+    ap.add_argument("--block-length", type=block_length_arg,
                     help="N or 'full' (default: gen length / 4)")
     ap.add_argument("--gen-length", type=int)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -145,7 +145,7 @@ def cmd_eval(argv: list[str]) -> int:
     _add_model_args(ap)
     args = ap.parse_args(argv)
     engine = _engine(args)
-    block_length = _resolve_block_length(args.block_length,
+    block_length = resolve_block_length(args.block_length,
                                          args.gen_length or engine.default_gen_length)
     try:
         run_eval(engine, args.split, args.n, args.sampler, block_length, args.gen_length,
