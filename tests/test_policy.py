@@ -129,6 +129,22 @@ def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
     assert meta["training"]["iterations_done"] == 12
 
 
+def test_trainer_runs_a_bf16_dllm_with_an_fp32_policy(tiny_model_dir, tmp_path):
+    """What a real LLaDA run on a GPU uses (the dLLM in bf16, the policy in fp32), on CPU."""
+    from safetensors.torch import load_file
+
+    from sampler_plugins.policy_trainer import train
+
+    train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
+           "--block-length", "4", "--iterations", "2", "--prompts-per-step", "2",
+           "--group-size", "4", "--dtype", "bfloat16"],
+          reward_fn=lambda result, problem, gen_length: 1.0 - result.nfe / gen_length)
+    weights = load_file(str(tmp_path / "run/policy/policy.safetensors"))
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
+    log = [json.loads(ln) for ln in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2] and log[0]["zero_advantage"] < 1.0
+
+
 def test_expert_rollouts_follow_the_threshold_rule(tiny_engine, tiny_model_dir):
     """Expert steering: the commits are exactly Fast-dLLM threshold's; the policy only scores."""
     ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
