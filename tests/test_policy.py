@@ -109,17 +109,19 @@ def test_default_policy_picks_closest_block_then_default_alpha():
     assert store.default_for(12) == "full"
 
 
+def finish_fast(result, problem, gen_length) -> float:
+    """A toy reward with a known optimum (commit everything at once), whatever the answer."""
+    return 1.0 - result.nfe / gen_length
+
+
 def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
     """Reward only for finishing fast: the optimum (commit everything at once) is known."""
     from sampler_plugins.policy_trainer import train
 
-    def toy_reward(result, problem, gen_length):
-        return 1.0 - result.nfe / gen_length
-
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "16",
            "--block-length", "full", "--iterations", "12", "--prompts-per-step", "4",
            "--group-size", "8", "--lr", "0.02", "--warmup", "1", "--grad-clip", "1.0",
-           "--ckpt-every", "4"], reward_fn=toy_reward)
+           "--ckpt-every", "4"], reward_fn=finish_fast)
     log = [json.loads(ln) for ln in (tmp_path / "run/log.jsonl").read_text().splitlines()]
     first, last = log[:3], log[-3:]
     assert sum(r["reward"] for r in last) / 3 > sum(r["reward"] for r in first) / 3 + 0.15
@@ -138,7 +140,7 @@ def test_trainer_runs_a_bf16_dllm_with_an_fp32_policy(tiny_model_dir, tmp_path):
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
            "--block-length", "4", "--iterations", "2", "--prompts-per-step", "2",
            "--group-size", "4", "--dtype", "bfloat16"],
-          reward_fn=lambda result, problem, gen_length: 1.0 - result.nfe / gen_length)
+          reward_fn=finish_fast)
     weights = load_file(str(tmp_path / "run/policy/policy.safetensors"))
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())
     log = [json.loads(ln) for ln in (tmp_path / "run/log.jsonl").read_text().splitlines()]
