@@ -74,6 +74,25 @@ def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Gen
     return ids, attn, target, masked
 
 
+def batch_loss_backward(model, ids, attn, target, masked, micro_batches: int) -> torch.Tensor:
+    """Backward of the mean masked-token cross-entropy over the whole batch, computed as
+    `micro_batches` slices of rows sorted by prompt length. Each slice drops the left-padding
+    columns that all its rows share (positions come from the attention mask, so the logits do
+    not change), so short prompts stop paying for the longest one. The batch stays the random
+    draw it was: sorting whole batches by length instead made each batch one difficulty level
+    and learned less per second (model card)."""
+    n_masked = masked.sum()
+    total = torch.zeros(())
+    for rows in attn.sum(1).argsort().chunk(micro_batches):
+        start = ids.shape[1] - int(attn[rows].sum(1).max())
+        logits = model(ids[rows, start:], attn[rows, start:])[:, -GEN_LENGTH:]
+        m = masked[rows]
+        loss = F.cross_entropy(logits[m], target[rows][m], reduction="sum") / n_masked
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0.25,
           final_frac: float = 0.1) -> float:
     """Warm-up, constant, then linear decay to `final_frac` of the peak over the last
@@ -101,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/dllm"))
     ap.add_argument("--steps", type=int, default=4800)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--micro-batches", type=int, default=4,
+                    help="length-sorted slices a batch is computed in (same gradient, less "
+                         "padding: 0.78 instead of 0.95 s per step at 4)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-frac", type=float, default=1.0,
@@ -163,10 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                    args.final_lr_frac)
         for group in opt.param_groups:
             group["lr"] = lr
-        logits = model(ids, attn)[:, -GEN_LENGTH:]
-        loss = F.cross_entropy(logits[masked], target[masked])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = batch_loss_backward(model, ids, attn, target, masked, args.micro_batches)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
