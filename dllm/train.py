@@ -118,7 +118,7 @@ def validate(model_dir: Path, n: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="unmaskd train-dllm", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/dllm"))
-    ap.add_argument("--steps", type=int, default=4800)
+    ap.add_argument("--steps", type=int, default=5600)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--micro-batches", type=int, default=4,
                     help="length-sorted slices a batch is computed in (same gradient, less "
