@@ -82,9 +82,10 @@ def batch_loss_backward(model, ids, attn, target, masked, micro_batches: int) ->
     draw it was: sorting whole batches by length instead made each batch one difficulty level
     and learned less per second (model card)."""
     n_masked = masked.sum()
+    lengths = attn.sum(1)
     total = torch.zeros(())
-    for rows in attn.sum(1).argsort().chunk(micro_batches):
-        start = ids.shape[1] - int(attn[rows].sum(1).max())
+    for rows in lengths.argsort().chunk(micro_batches):
+        start = ids.shape[1] - int(lengths[rows].max())
         logits = model(ids[rows, start:], attn[rows, start:])[:, -GEN_LENGTH:]
         m = masked[rows]
         loss = F.cross_entropy(logits[m], target[rows][m], reduction="sum") / n_masked
