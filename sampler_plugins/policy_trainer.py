@@ -15,6 +15,11 @@ rollouts whose commits follow Fast-dLLM's threshold rule; they share the group's
 baseline, and their likelihood is taken under the mixture lambda * policy + (1 - lambda) *
 expert, where the deterministic expert gives its own commit probability 1.
 
+`--init DIR` starts from a trained policy's weights instead of the paper's initialisation. On
+the embedded model block-mode runs started from scratch collapse to committing each block whole
+(`docs/BENCHMARKS.md`); started from a full-diffusion policy, which has already learned to
+unmask by confidence, they keep that and match Fast-dLLM's threshold rule.
+
 One deviation: the engine commits at least one token per step whatever a sampler returns, so an
 empty Bernoulli draw still makes progress (the dLLM's most confident position) instead of
 wasting the step; the loss uses the policy's own draw.
@@ -41,7 +46,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
-from sampler_plugins.policy_store import STORE, Policy, model_fingerprint, save_policy
+from sampler_plugins.policy_store import (
+    STORE,
+    Policy,
+    PolicyError,
+    load_policy,
+    model_fingerprint,
+    save_policy,
+)
 from server.cli import block_length_arg, resolve_block_length
 from server.engine import Engine
 from server.sequence import GenerationRequest, SequenceResult
@@ -70,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--features", default="confidence",
                     help=f"comma-separated subset of {','.join(FEATURES)}")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="policy folder whose weights to start from instead of the paper's "
+                         "initialisation (e.g. a full-diffusion policy, to fine-tune for blocks)")
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
     ap.add_argument("--iterations", type=int, default=200)
@@ -164,6 +179,8 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
 
     torch.manual_seed(args.seed)
     net = PolicyNet(features).to(args.device)
+    if args.init is not None:
+        net.load_state_dict(init_weights(args.init, net, model_fingerprint(model_dir)))
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99),
                             weight_decay=args.weight_decay)
@@ -173,6 +190,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     start = 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True, map_location=args.device)
+        check_resumable(state.get("settings", run_settings(args)), run_settings(args), out)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"]
@@ -253,7 +271,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             if (it + 1) % args.ckpt_every == 0 or it + 1 == args.iterations:
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
-                            "iteration": it + 1}, tmp)
+                            "iteration": it + 1, "settings": run_settings(args)}, tmp)
                 tmp.replace(ckpt_path)
                 meta["training"]["iterations_done"] = it + 1
                 meta["training"]["wall_s"] = round(time.time() - t_start, 1)
@@ -275,6 +293,35 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     STORE.remove(TRAIN_POLICY)
     STORE.remove(TRAIN_EXPERT)
     return out / "policy"
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The flags a resumed run must share with its checkpoint (--iterations may grow; the
+    rest only change speed, logging or naming)."""
+    free = {"out", "name", "iterations", "threads", "device", "val_every", "val_n", "ckpt_every",
+            "default"}
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k not in free}
+
+
+def check_resumable(saved: dict[str, str], now: dict[str, str], out: Path) -> None:
+    """Resuming silently with other flags would train a policy no command describes."""
+    diff = [f"--{k.replace('_', '-')} {saved.get(k)} (now {v})" for k, v in now.items()
+            if saved.get(k) != v]
+    if diff:
+        raise SystemExit(f"--out {out} holds a checkpoint of a run with other flags: "
+                         f"{', '.join(diff)}; resume with the same flags or use a new --out")
+
+
+def init_weights(policy_dir: Path, net: PolicyNet, fingerprint: str) -> dict:
+    """--init: a policy trained for the same dLLM, with the architecture being trained."""
+    try:
+        init = load_policy(policy_dir, fingerprint)
+    except PolicyError as e:
+        raise SystemExit(f"--init: {e}") from None
+    if init.net.architecture() != net.architecture():
+        raise SystemExit(f"--init: {policy_dir} has architecture {init.net.architecture()}, "
+                         f"not the one being trained ({net.architecture()}; check --features)")
+    return init.net.state_dict()
 
 
 def dummy_inputs(net: PolicyNet, device: str) -> tuple[torch.Tensor, ...]:
@@ -327,6 +374,8 @@ def write_card(policy_dir: Path, meta: dict, last: dict) -> None:
         *([f"- expert steering: {t['expert_rollouts']} threshold-{t['expert_threshold']} "
            f"rollouts per group, mixture weight {t['expert_mix']}"]
           if t.get("expert_rollouts") else []),
+        *([f"- initialised from the policy in `{t['init']}`, then trained as above"]
+          if t.get("init") else []),
         f"- cost: {t['wall_s'] / 60:.1f} min wall time",
         f"- last iteration: reward {last['reward']:.3f}, accuracy {last['accuracy']:.3f}, "
         f"NFE {last['nfe']:.1f}",
@@ -354,6 +403,7 @@ def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world
             "world_size": world, "lr": args.lr, "mu": args.mu, "clip": args.clip,
             "expert_rollouts": args.expert_rollouts, "expert_threshold": args.expert_threshold,
             "expert_mix": args.expert_mix,
+            "init": str(args.init) if args.init is not None else None,
             "seed": args.seed, "commit": commit,
         },
     }

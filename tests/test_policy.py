@@ -212,6 +212,41 @@ def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
     assert all(torch.equal(a[k], c[k]) for k in a)  # seed-deterministic on CPU
 
 
+def test_trainer_refuses_to_resume_with_other_flags(tiny_model_dir, tmp_path):
+    from sampler_plugins.policy_trainer import train
+
+    common = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
+              "--block-length", "4", "--prompts-per-step", "2", "--group-size", "4"]
+    train(common + ["--iterations", "1", "--alpha", "1"])
+    with pytest.raises(SystemExit, match=r"other flags: --alpha 1.0 \(now 0.3\)"):
+        train(common + ["--iterations", "2", "--alpha", "0.3"])
+    train(common + ["--iterations", "2", "--alpha", "1", "--threads", "1"])  # same run, longer
+
+
+def test_trainer_starts_from_an_init_policy(tiny_model_dir, tmp_path):
+    """--init: a full-diffusion policy's weights are the block run's starting point (lr 0 keeps
+    them); a policy with other inputs is refused naming the flag."""
+    from safetensors.torch import load_file
+
+    from sampler_plugins.policy_trainer import train
+
+    common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--prompts-per-step", "2",
+              "--group-size", "4"]
+    full = train(common + ["--out", str(tmp_path / "full"), "--block-length", "full",
+                           "--iterations", "2", "--lr", "0.01"],
+                 reward_fn=lambda r, p, L: 1.0 - r.nfe / L)  # the tiny dLLM is never right
+    block = ["--block-length", "4", "--iterations", "1", "--lr", "0"]
+    fresh = train(common + block + ["--out", str(tmp_path / "fresh")])
+    tuned = train(common + block + ["--out", str(tmp_path / "tuned"), "--init", str(full)])
+    a, b, c = (load_file(str(d / "policy.safetensors")) for d in (full, tuned, fresh))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # training moved the init's weights
+    assert f"initialised from the policy in `{full}`" in (tuned / "README.md").read_text()
+    with pytest.raises(SystemExit, match="--init: .*check --features"):
+        train(common + ["--out", str(tmp_path / "bad"), "--iterations", "1",
+                        "--features", "confidence,margin", "--init", str(full)])
+
+
 def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_path):
     """DDP over gloo: each rank rolls out its own prompts (different rewards, so different
     local gradients); after all-reduce the ranks must hold identical weights."""
