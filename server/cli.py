@@ -64,10 +64,12 @@ def block_length_arg(text: str) -> int | str:
     if text == "full":
         return text
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer or 'full', got {text!r}") from None
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
+    return value
 
 
 def resolve_block_length(block: int | str | None, gen_length: int) -> int | None:

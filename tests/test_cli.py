@@ -20,3 +20,7 @@ def test_generate_takes_full_block_length_and_refuses_a_bad_one(tiny_model_dir, 
     assert exit_info.value.code == 2
     assert "--block-length: expected a positive integer or 'full', got 'half'" in (
         capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        main(common + ["--block-length", "0"])
+    assert "--block-length: expected a positive integer or 'full', got '0'" in (
+        capsys.readouterr().err)
