@@ -12,9 +12,11 @@ temperature commits whole blocks or nothing.
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import torch
 
+from kernels import policy_features
 from sampler_plugins.policy_net import unmask_probs
 from sampler_plugins.policy_store import load_policy
 
@@ -26,9 +28,9 @@ def response(policy_dir: str, tau: float) -> list[float]:
     net = load_policy(policy_dir, None).net
     conf = torch.tensor(LEVELS).repeat(L // len(LEVELS))
     rest = (1 - conf) / 2  # the second token's probability; the remaining mass on a third
-    columns = {"confidence": conf, "margin": conf - rest,
-               "entropy": -(conf * conf.log() + 2 * rest * rest.clamp_min(1e-12).log())}
-    feats = torch.stack([columns[f] for f in net.features], -1)[None]
+    stats = SimpleNamespace(prob=conf, top1=conf, top2=rest,
+                            entropy=-(conf * conf.log() + 2 * rest * rest.clamp_min(1e-12).log()))
+    feats = policy_features(stats, net.features)[None]
     masked = torch.ones(1, L, dtype=torch.bool)
     with torch.no_grad():
         s = unmask_probs(net(feats, masked, torch.tensor([0.1]), masked), tau)

@@ -176,11 +176,13 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     block_length = resolve_block_length(args.block_length, L)
     reward_fn = reward_fn or task_reward(args.alpha)
     features = tuple(f.strip() for f in args.features.split(","))
+    meta = policy_meta(args, argv, model_dir, block_length, world)
+    settings = run_settings(args)
 
     torch.manual_seed(args.seed)
     net = PolicyNet(features).to(args.device)
     if args.init is not None:
-        net.load_state_dict(init_weights(args.init, net, model_fingerprint(model_dir)))
+        net.load_state_dict(init_weights(args.init, net, meta["model"]["fingerprint"]))
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99),
                             weight_decay=args.weight_decay)
@@ -190,7 +192,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     start = 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True, map_location=args.device)
-        check_resumable(state.get("settings", run_settings(args)), run_settings(args), out)
+        check_resumable(state.get("settings", settings), settings, out)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"]
@@ -206,7 +208,6 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     own = [i for i in range(P * (G + E)) if i % (G + E) < G]
     experts = [i for i in range(P * (G + E)) if i % (G + E) >= G]
     problems = make_split("train", args.iterations * P * world)
-    meta = policy_meta(args, argv, model_dir, block_length, world)
     t_start = time.time()
     bar = tqdm(total=args.iterations, initial=start, desc="train-policy", disable=rank != 0)
     for it in range(start, args.iterations):
@@ -271,7 +272,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             if (it + 1) % args.ckpt_every == 0 or it + 1 == args.iterations:
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
-                            "iteration": it + 1, "settings": run_settings(args)}, tmp)
+                            "iteration": it + 1, "settings": settings}, tmp)
                 tmp.replace(ckpt_path)
                 meta["training"]["iterations_done"] = it + 1
                 meta["training"]["wall_s"] = round(time.time() - t_start, 1)
