@@ -18,11 +18,10 @@ import re
 from collections import Counter
 
 import torch
-
-from dllm import EMBEDDED_MODEL_DIR
-from server.engine import Engine
-from server.sequence import GenerationRequest
-from tasks.arithmetic import check_answer, is_held_out, make_split
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.engine.loop import Engine
+from unmaskd.engine.sequence import GenerationRequest
+from unmaskd.tasks.arithmetic import check_answer, is_held_out, make_split
 
 LINE = re.compile(r"^\s*(\d+) ([-+*/]) (\d+) = (\d+)\.\s*$")
 

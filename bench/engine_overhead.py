@@ -19,12 +19,11 @@ from datetime import date
 from pathlib import Path
 
 import torch
-
-from dllm import EMBEDDED_MODEL_DIR
-from sampler_plugins.policy_store import STORE, model_fingerprint
-from server.engine import Engine
-from server.sequence import GenerationRequest
-from tasks.arithmetic import make_split
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.engine.loop import Engine
+from unmaskd.engine.sequence import GenerationRequest
+from unmaskd.sampler_plugins.policy_store import STORE, model_fingerprint
+from unmaskd.tasks.arithmetic import make_split
 
 SAMPLERS = ["random", "topk_confidence", "threshold", "factor", "margin", "entropy", "eb", "klass",
             "learned"]

@@ -15,10 +15,9 @@ import sys
 from types import SimpleNamespace
 
 import torch
-
-from kernels import policy_features
-from sampler_plugins.policy_net import unmask_probs
-from sampler_plugins.policy_store import load_policy
+from unmaskd.kernels import policy_features
+from unmaskd.sampler_plugins.policy_net import unmask_probs
+from unmaskd.sampler_plugins.policy_store import load_policy
 
 LEVELS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.99)
 L = 48

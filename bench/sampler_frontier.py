@@ -17,11 +17,10 @@ import json
 from pathlib import Path
 
 import torch
-
-from dllm import EMBEDDED_MODEL_DIR
-from server.cli import load_policies
-from server.engine import Engine
-from server.evaluate import format_table, plot_pareto, run_eval
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.engine.cli import load_policies
+from unmaskd.engine.evaluate import format_table, plot_pareto, run_eval
+from unmaskd.engine.loop import Engine
 
 L = 48
 # steps must be a multiple of the number of blocks: 4 in block mode, 1 in full diffusion

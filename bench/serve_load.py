@@ -30,9 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
-
-from dllm import EMBEDDED_MODEL_DIR
-from tasks.arithmetic import make_split
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.tasks.arithmetic import make_split
 
 
 @dataclass
@@ -58,7 +57,8 @@ def start_server(model: Path, max_batch_size: int, threads: int) -> tuple[subpro
     """`unmaskd serve` on a free loopback port; returns once /health answers 200."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--model", str(model), "--port", str(port),
+        [sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model", str(model),
+         "--port", str(port),
          "--max-batch-size", str(max_batch_size), "--max-queue", "100000",
          "--threads", str(threads)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,10 +1,11 @@
-"""Load and save dLLM checkpoints in LLaDA's published folder format.
+"""Load and save dLLM checkpoint folders, for every family in `dllm.backend.FAMILIES`.
 
     model, tokenizer = load_dllm("path/to/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")
 
-A folder holds `config.json`, `model.safetensors` (or shards + `model.safetensors.index.json`)
-and the tokenizer files. Weights are memory-mapped from safetensors; nothing in the folder is
-executed (no `trust_remote_code`), and pickle files are never read.
+A folder holds `config.json` (its `model_type` picks the backend file), `model.safetensors` (or
+shards + `model.safetensors.index.json`) and `tokenizer.json`. Weights are memory-mapped from
+safetensors and refused if any is not finite; nothing in the folder is executed (no
+`trust_remote_code`), and pickle files are never read.
 """
 
 from __future__ import annotations
@@ -15,26 +16,26 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-
-from dllm.config import ConfigError, LLaDAConfig
-from dllm.model import LLaDAModel
-
-PREFIX = "model."  # LLaDA's keys are model.transformer.*; our module tree starts at transformer
+from unmaskd.dllm import backend
+from unmaskd.dllm.backend import ConfigError
+from unmaskd.dllm.llada import WEIGHT_PREFIX, LLaDAModel
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder is missing a file, or a file is unreadable or inconsistent."""
 
 
-def load_config(model_dir: Path, mask_token_id: int | None = None) -> LLaDAConfig:
+def read_config(model_dir: Path) -> dict:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found (expected a LLaDA checkpoint folder)")
+        raise CheckpointError(f"{path}: not found (expected a dLLM checkpoint folder)")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    return LLaDAConfig.from_dict(raw, mask_token_id=mask_token_id)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return raw
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -69,11 +70,17 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
     from transformers.utils import logging as transformers_logging
 
     model_dir = Path(model_dir)
-    cfg = load_config(model_dir, mask_token_id)
+    raw = read_config(model_dir)
+    fam = backend.family(raw.get("model_type", "llada"))
+    cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id)
+    if not (model_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (a checkpoint folder "
+                              "needs its tokenizer.json)")
     with torch.device("meta"):
-        model = LLaDAModel(cfg)
-    state = {k.removeprefix(PREFIX): v for k, v in load_state_dict(model_dir).items()}
-    if cfg.weight_tying:
+        model = fam.Model(cfg)
+    prefix = fam.WEIGHT_PREFIX
+    state = {k.removeprefix(prefix): v for k, v in load_state_dict(model_dir).items()}
+    if getattr(cfg, "weight_tying", False):
         state.pop("transformer.ff_out.weight", None)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -83,8 +90,13 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise CheckpointError(f"{model_dir}: {PREFIX}{key} has shape {tuple(tensor.shape)}, "
+            raise CheckpointError(f"{model_dir}: {prefix}{key} has shape {tuple(tensor.shape)}, "
                                   f"config.json implies {tuple(expected[key].shape)}")
+        # A corrupt file of the right size (bytes overwritten) loads silently and answers
+        # empty text for every request; non-finite weights are never a real checkpoint.
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{model_dir}: weight {prefix}{key} has non-finite values "
+                                  "(NaN or inf): the checkpoint is corrupt")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     model = model.to(device).eval().requires_grad_(False)
     # AutoTokenizer peeks at config.json and warns that "llada" is not a transformers model
@@ -107,8 +119,9 @@ def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "architectures": ["LLaDAModelLM"]}
     (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {PREFIX + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {WEIGHT_PREFIX + k: v.detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
     save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_config", "load_dllm", "save_dllm"]
+__all__ = ["CheckpointError", "ConfigError", "load_dllm", "read_config", "save_dllm"]

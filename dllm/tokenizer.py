@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-from tasks.arithmetic import make_split
+from unmaskd.tasks.arithmetic import make_split
 
 MASK, EOS, BOS = "<|mdm_mask|>", "<|endoftext|>", "<|startoftext|>"
 SPECIAL_TOKENS = [EOS, BOS, MASK]  # ids 0, 1, 2

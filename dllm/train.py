@@ -24,12 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-
-from dllm.checkpoint import save_dllm
-from dllm.config import LLaDAConfig
-from dllm.model import LLaDAModel
-from dllm.tokenizer import train_tokenizer
-from tasks.arithmetic import make_split
+from unmaskd.dllm.checkpoint import save_dllm
+from unmaskd.dllm.llada import LLaDAConfig, LLaDAModel
+from unmaskd.dllm.tokenizer import train_tokenizer
+from unmaskd.tasks.arithmetic import make_split
 
 GEN_LENGTH = 48  # answer canvas L; the longest worked answer is 40 tokens
 
@@ -110,7 +108,9 @@ def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0
 
 def validate(model_dir: Path, n: int) -> float:
     """Accuracy with top-k confidence decoding at 1 token/step in blocks of L/4 (the engine)."""
-    from server.evaluate import evaluate_spec  # one decoding loop in the project: the engine's
+    from unmaskd.engine.evaluate import (
+        evaluate_spec,  # one decoding loop in the project: the engine's
+    )
 
     return evaluate_spec(model_dir, "validation", n, "topk_confidence",
                          block_length=GEN_LENGTH // 4, steps=GEN_LENGTH)["accuracy"]

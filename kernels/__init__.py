@@ -95,6 +95,6 @@ def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0
         if impl is not None:
             if not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
                 raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1, set before "
-                                   "kernels.triton_confidence is imported")
+                                   "unmaskd.kernels.triton_confidence is imported")
             return impl(logits, temps, seeds, exclude_token_id, **extra)
     return confidence_stats_torch(logits, temps, seeds, exclude_token_id, **extra)

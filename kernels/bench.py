@@ -1,6 +1,6 @@
 """GPU benchmark of the fused confidence kernel against eager and compiled PyTorch.
 
-    python -m kernels.bench [--json bench.json] [--rows 256 1024 4096 16384]
+    python -m unmaskd.kernels.bench [--json bench.json] [--rows 256 1024 4096 16384]
                             [--vocab 126464 152064] [--policy-only | --no-policy]
 
 On CUDA it first checks the Triton kernel against the torch reference on a few shapes and
@@ -49,8 +49,7 @@ import sys
 import time
 
 import torch
-
-from kernels.reference import (
+from unmaskd.kernels.reference import (
     POLICY_FEATURES,
     confidence_stats_torch,
     gumbel_noise,
@@ -85,7 +84,7 @@ def make_logits(n: int, v: int, dtype: torch.dtype, device: str, seed: int) -> t
 
 
 def check_one(x, temps, seeds, exclude, ref, config, policy_input) -> bool:
-    from kernels.triton_confidence import confidence_stats_triton
+    from unmaskd.kernels.triton_confidence import confidence_stats_triton
 
     n, v = x.shape
     got = confidence_stats_triton(x, temps, seeds, exclude, config=config,
@@ -139,11 +138,11 @@ def check_engine(n: int = 128) -> bool:
     learned policies (block and full diffusion) draw random numbers against probabilities that
     differ in the last bits (fp32 kernel vs fp64 reference), so their matches are reported;
     accuracy is printed as a sanity check."""
-    from dllm import EMBEDDED_MODEL_DIR
-    from server.cli import load_policies
-    from server.engine import Engine
-    from server.sequence import GenerationRequest
-    from tasks.arithmetic import check_answer, make_split
+    from unmaskd.dllm import EMBEDDED_MODEL_DIR
+    from unmaskd.engine.cli import load_policies
+    from unmaskd.engine.loop import Engine
+    from unmaskd.engine.sequence import GenerationRequest
+    from unmaskd.tasks.arithmetic import check_answer, make_split
 
     engine = Engine.from_dir(EMBEDDED_MODEL_DIR, device="cuda")
     load_policies(EMBEDDED_MODEL_DIR / "policies", EMBEDDED_MODEL_DIR)
@@ -219,7 +218,7 @@ def try_time(fn, inputs, name: str) -> float | None:
 
 
 def bench_shape(n: int, v: int, compiled) -> dict:
-    from kernels.triton_confidence import confidence_stats_triton, pick_config
+    from unmaskd.kernels.triton_confidence import confidence_stats_triton, pick_config
 
     nbytes = n * v * 2
     nbuf = max(4, math.ceil(MIN_BUFFER_BYTES / nbytes))
@@ -291,7 +290,7 @@ def policy_inputs(B: int, L: int, device: str, seed: int):
 def policy_net(device: str):
     """A PolicyNet at serving size with every weight random (the zero-initialised adaLN and
     head would otherwise let kernels skip nothing but make the output constant)."""
-    from sampler_plugins.policy_net import PolicyNet
+    from unmaskd.sampler_plugins.policy_net import PolicyNet
 
     torch.manual_seed(0)
     net = PolicyNet(POLICY_FEATURES, width=POLICY_WIDTH)
@@ -326,7 +325,7 @@ def logits_pass_ms(n: int, v: int, shape_rows: list[dict]) -> float:
     for r in shape_rows:
         if r["rows"] == n and r["vocab"] == v:
             return r["fused_emb_ms"]
-    from kernels.triton_confidence import confidence_stats_triton
+    from unmaskd.kernels.triton_confidence import confidence_stats_triton
 
     nbuf = max(4, math.ceil(MIN_BUFFER_BYTES / (n * v * 2)))
     inputs = [torch.randn(n, v, device="cuda", dtype=torch.bfloat16) for _ in range(nbuf)]
@@ -355,8 +354,7 @@ def lm_head_ms(n: int, v: int) -> float | None:
 def llada_layers_ms(B: int, L: int) -> float | None:
     """LLaDA-8B's 32 transformer blocks over [B, L] in bf16: one block of the project's own
     LLaDABlock at LLaDA-8B's sizes (random weights, no mask) timed, times 32."""
-    from dllm.config import LLaDAConfig
-    from dllm.model import LLaDABlock, rotary_tables
+    from unmaskd.dllm.llada import LLaDABlock, LLaDAConfig, rotary_tables
 
     cfg = LLaDAConfig(d_model=LLADA_HIDDEN, n_layers=1, n_heads=LLADA_HEADS,
                       mlp_hidden_size=LLADA_MLP, vocab_size=LLADA_VOCAB,
@@ -460,8 +458,7 @@ def policy_markdown(rows: list[dict]) -> str:
 def smoke_policy() -> bool:
     """CPU: forward_embedded on the kernel's embedding equals forward on the features."""
     import torch.nn.functional as F
-
-    from kernels import confidence_stats
+    from unmaskd.kernels import confidence_stats
 
     net = policy_net("cpu")
     B, L, V = 2, 64, 300

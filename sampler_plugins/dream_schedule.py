@@ -9,8 +9,7 @@ spends a step without committing.
 
 import torch
 from pydantic import Field
-
-from sampler_plugins.base import Sampler, SamplerParams, StepView, top_n_mask
+from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, top_n_mask
 
 
 class DreamParams(SamplerParams):

@@ -4,8 +4,7 @@ prefix whose entropy sum minus its largest entropy is <= gamma; at least one.
 
 import torch
 from pydantic import Field
-
-from sampler_plugins.base import Sampler, SamplerParams, StepView, sorted_prefix_mask
+from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, sorted_prefix_mask
 
 
 class EBParams(SamplerParams):

@@ -5,8 +5,7 @@ committed set is the prefix of ranks that satisfy it.
 
 import torch
 from pydantic import Field
-
-from sampler_plugins.base import Sampler, SamplerParams, StepView, sorted_prefix_mask
+from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, sorted_prefix_mask
 
 
 class FactorParams(SamplerParams):

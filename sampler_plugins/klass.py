@@ -8,8 +8,7 @@ The one built-in rule that needs full distributions (`needs_probs`) and state ac
 
 import torch
 from pydantic import Field
-
-from sampler_plugins.base import Sampler, SamplerParams, StepView, top_n_mask
+from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, top_n_mask
 
 
 class KlassParams(SamplerParams):

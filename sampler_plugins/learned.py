@@ -17,11 +17,10 @@ from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
-
-from kernels import policy_features
-from sampler_plugins.base import Sampler, SamplerParams, StepView, counter_uniform
-from sampler_plugins.policy_net import bernoulli_log_prob, unmask_probs
-from sampler_plugins.policy_store import STORE, device_of
+from unmaskd.kernels import policy_features
+from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, counter_uniform
+from unmaskd.sampler_plugins.policy_net import bernoulli_log_prob, unmask_probs
+from unmaskd.sampler_plugins.policy_store import STORE, device_of
 
 
 class LearnedParams(SamplerParams):

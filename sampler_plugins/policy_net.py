@@ -15,8 +15,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from kernels import POLICY_FEATURES as FEATURES  # the names the confidence kernel embeds too
+from unmaskd.kernels import (
+    POLICY_FEATURES as FEATURES,  # the names the confidence kernel embeds too
+)
 
 
 def sinusoidal(t: torch.Tensor, dim: int) -> torch.Tensor:

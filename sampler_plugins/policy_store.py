@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-from sampler_plugins.policy_net import PolicyNet
+from unmaskd.sampler_plugins.policy_net import PolicyNet
 
 log = logging.getLogger(__name__)
 

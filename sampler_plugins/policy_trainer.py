@@ -1,7 +1,8 @@
 """GRPO training of the learned unmasking policy against a frozen dLLM (`unmaskd train-policy`).
 
     unmaskd train-policy --out runs/policy-b12 --block-length 12 --alpha 1
-    torchrun --nproc_per_node 2 -m sampler_plugins.policy_trainer --out runs/p --block-length 48
+    torchrun --nproc_per_node 2 -m unmaskd.sampler_plugins.policy_trainer \
+        --out runs/p --block-length 48
 
 As in Jazbec et al. 2026: groups of G rollouts per prompt through the engine (the dLLM greedy,
 the only randomness the policy's Bernoulli draws); terminal reward
@@ -44,9 +45,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-
-from sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
-from sampler_plugins.policy_store import (
+from unmaskd.engine.cli import block_length_arg, resolve_block_length
+from unmaskd.engine.loop import Engine
+from unmaskd.engine.sequence import GenerationRequest, SequenceResult
+from unmaskd.sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
+from unmaskd.sampler_plugins.policy_store import (
     STORE,
     Policy,
     PolicyError,
@@ -54,10 +57,7 @@ from sampler_plugins.policy_store import (
     model_fingerprint,
     save_policy,
 )
-from server.cli import block_length_arg, resolve_block_length
-from server.engine import Engine
-from server.sequence import GenerationRequest, SequenceResult
-from tasks.arithmetic import Problem, check_answer, make_split
+from unmaskd.tasks.arithmetic import Problem, check_answer, make_split
 
 TRAIN_POLICY = "__training__"
 TRAIN_EXPERT = "__training_expert__"
@@ -166,7 +166,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
-    from dllm import EMBEDDED_MODEL_DIR
+    from unmaskd.dllm import EMBEDDED_MODEL_DIR
 
     model_dir = args.model or EMBEDDED_MODEL_DIR
     dtype = getattr(torch, args.dtype)

@@ -12,21 +12,21 @@ from __future__ import annotations
 import logging
 from importlib.metadata import entry_points
 
-from sampler_plugins.base import Sampler
+from unmaskd.sampler_plugins.base import Sampler
 
 log = logging.getLogger(__name__)
 _registry: dict[str, type[Sampler]] | None = None
 
 
 def _builtins() -> list[type[Sampler]]:
-    from sampler_plugins.dream_schedule import Entropy, Margin
-    from sampler_plugins.eb import EntropyBounded
-    from sampler_plugins.factor import Factor
-    from sampler_plugins.klass import Klass
-    from sampler_plugins.learned import Learned
-    from sampler_plugins.threshold import Threshold
-    from sampler_plugins.topk_confidence import TopKConfidence
-    from sampler_plugins.uniform_random import RandomOrder
+    from unmaskd.sampler_plugins.dream_schedule import Entropy, Margin
+    from unmaskd.sampler_plugins.eb import EntropyBounded
+    from unmaskd.sampler_plugins.factor import Factor
+    from unmaskd.sampler_plugins.klass import Klass
+    from unmaskd.sampler_plugins.learned import Learned
+    from unmaskd.sampler_plugins.threshold import Threshold
+    from unmaskd.sampler_plugins.topk_confidence import TopKConfidence
+    from unmaskd.sampler_plugins.uniform_random import RandomOrder
 
     return [RandomOrder, TopKConfidence, Threshold, Factor, Margin, Entropy, EntropyBounded, Klass,
             Learned]

@@ -6,8 +6,7 @@ confidence is below `threshold` (Fast-dLLM drops a candidate only when it is bel
 
 import torch
 from pydantic import Field
-
-from sampler_plugins.base import Sampler, SamplerParams, StepView, top_n_mask
+from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, top_n_mask
 
 
 class ThresholdParams(SamplerParams):

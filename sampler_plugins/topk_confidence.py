@@ -5,8 +5,7 @@ first steps of the block), so a block is always finished within its budget.
 """
 
 import torch
-
-from sampler_plugins.base import Sampler, StepView, linear_schedule_count, top_n_mask
+from unmaskd.sampler_plugins.base import Sampler, StepView, linear_schedule_count, top_n_mask
 
 
 class TopKConfidence(Sampler):

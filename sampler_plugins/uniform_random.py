@@ -5,8 +5,7 @@ do not depend on which other requests share the batch.
 """
 
 import torch
-
-from sampler_plugins.base import (
+from unmaskd.sampler_plugins.base import (
     Sampler,
     StepView,
     counter_uniform,

@@ -32,9 +32,8 @@ import yaml
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import stats
-
-from server.protocol import ApiError, check_finite
-from server.sequence import InvalidRequest, parse_sampler_params
+from unmaskd.engine.sequence import InvalidRequest, parse_sampler_params
+from unmaskd.server.protocol import ApiError, check_finite
 
 NOT_ENOUGH = "not enough data yet"
 MAX_RECORDS = 100_000  # per experiment; the oldest records are dropped beyond this

@@ -34,16 +34,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from sampler_plugins import Sampler, registered_samplers
-from server import ab, serving_generate, serving_openai
-from server.ab import ABConfig, Experiments, load_ab_config
-from server.engine import Engine
-from server.metrics import CONTENT_TYPE, Metrics
-from server.protocol import ApiError, openai_error
-from server.scheduler import Scheduler
-from server.serving_generate import GenerationService, PolicyLister, no_policies
-from server.settings import ServerSettings, parse_settings
+from unmaskd.engine.loop import Engine
+from unmaskd.sampler_plugins import Sampler, registered_samplers
+from unmaskd.server import ab, serving_generate, serving_openai
+from unmaskd.server.ab import ABConfig, Experiments, load_ab_config
+from unmaskd.server.metrics import CONTENT_TYPE, Metrics
+from unmaskd.server.protocol import ApiError, openai_error
+from unmaskd.server.scheduler import Scheduler
+from unmaskd.server.serving_generate import GenerationService, PolicyLister, no_policies
+from unmaskd.server.settings import ServerSettings, parse_settings
 
 log = logging.getLogger("unmaskd.server")
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
@@ -319,8 +318,8 @@ def serve_main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
         return 2
-    from sampler_plugins.policy_store import STORE
-    from server.cli import load_policies
+    from unmaskd.engine.cli import load_policies
+    from unmaskd.sampler_plugins.policy_store import STORE
 
     loaded = load_policies(settings.policies or settings.model / "policies", settings.model)
     logging.getLogger(__name__).info("learned policies loaded: %s", loaded or "none")

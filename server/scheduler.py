@@ -22,9 +22,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from server.engine import Engine, StepEvent
-from server.metrics import Metrics
-from server.sequence import SequenceResult, ValidatedRequest
+from unmaskd.engine.loop import Engine, StepEvent
+from unmaskd.engine.sequence import SequenceResult, ValidatedRequest
+from unmaskd.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

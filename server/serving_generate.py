@@ -24,13 +24,18 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-
-from sampler_plugins import get_sampler
-from server.ab import Experiment, Experiments, Record
-from server.cli import render_canvas
-from server.engine import Engine, StepEvent
-from server.metrics import Metrics
-from server.protocol import (
+from unmaskd.engine.cli import render_canvas
+from unmaskd.engine.loop import Engine, StepEvent
+from unmaskd.engine.sequence import (
+    GenerationRequest,
+    InvalidRequest,
+    SequenceResult,
+    ValidatedRequest,
+)
+from unmaskd.sampler_plugins import get_sampler
+from unmaskd.server.ab import Experiment, Experiments, Record
+from unmaskd.server.metrics import Metrics
+from unmaskd.server.protocol import (
     ApiError,
     ChatMessage,
     DecodingOptions,
@@ -38,9 +43,16 @@ from server.protocol import (
     GenerateResponse,
     Timing,
 )
-from server.scheduler import Cancelled, Failed, Finished, Job, NotAccepting, QueueFull, Scheduler
-from server.sequence import GenerationRequest, InvalidRequest, SequenceResult, ValidatedRequest
-from tasks.arithmetic import check_answer
+from unmaskd.server.scheduler import (
+    Cancelled,
+    Failed,
+    Finished,
+    Job,
+    NotAccepting,
+    QueueFull,
+    Scheduler,
+)
+from unmaskd.tasks.arithmetic import check_answer
 
 log = logging.getLogger(__name__)
 PolicyLister = Callable[[], list[dict[str, Any]]]

@@ -31,8 +31,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-
-from server.protocol import (
+from unmaskd.server.protocol import (
     ApiError,
     AssistantMessage,
     ChatChoice,
@@ -49,9 +48,9 @@ from server.protocol import (
     Usage,
     openai_error,
 )
-from server.serving_generate import (
+from unmaskd.server.serving_generate import (
     SSE_DONE,
-        Completed,
+    Completed,
     GenerationService,
     JobStream,
     Prepared,

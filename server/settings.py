@@ -11,8 +11,7 @@ from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
-
-from dllm import EMBEDDED_MODEL_DIR
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
 
 
 class ServerSettings(BaseSettings):

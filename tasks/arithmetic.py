@@ -1,6 +1,6 @@
 """Synthetic multi-step arithmetic word problems (GSM8K-like), deterministic by seed.
 
-    from tasks.arithmetic import make_split, check_answer
+    from unmaskd.tasks.arithmetic import make_split, check_answer
     problems = make_split("test", 500)
 
 A problem is a short story about one person and one kind of object with 1 to 3 operations on

@@ -29,10 +29,10 @@ torch.set_num_threads(int(os.environ.get("UNMASKD_TEST_THREADS", "1")))
 
 def build_tiny_model(out: Path, d_model: int = 32, n_layers: int = 1, seed: int = 0,
                      max_sequence_length: int | None = None) -> Path:
-    from dllm.checkpoint import save_dllm
-    from dllm.model import LLaDAModel
-    from dllm.tokenizer import train_tokenizer
-    from dllm.train import model_config
+    from unmaskd.dllm.checkpoint import save_dllm
+    from unmaskd.dllm.llada import LLaDAModel
+    from unmaskd.dllm.tokenizer import train_tokenizer
+    from unmaskd.dllm.train import model_config
 
     tok = train_tokenizer(out, n_problems=2000)
     cfg = model_config(tok, d_model=d_model, n_layers=n_layers)
@@ -59,7 +59,7 @@ def tiny_model_copy(tiny_model_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
-    from server.engine import Engine
+    from unmaskd.engine.loop import Engine
 
     return Engine.from_dir(tiny_model_dir, default_gen_length=16)
 
@@ -102,7 +102,7 @@ def start_server(model_dir: Path, log_dir: Path, *args: str,
     """`unmaskd serve --model DIR --port FREE --threads 1 ARGS`, once /health answers 200."""
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model", str(model_dir),
            "--port", str(port), "--threads", "1", *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("w") as log:

@@ -23,8 +23,7 @@ import sys
 import httpx
 import pytest
 from scipy import stats
-
-from server.ab import (
+from unmaskd.server.ab import (
     MAX_EXPERIMENTS,
     NOT_ENOUGH,
     ABConfig,
@@ -40,7 +39,7 @@ from server.ab import (
     welch_test,
     wilson_interval,
 )
-from server.protocol import ApiError
+from unmaskd.server.protocol import ApiError
 
 PROMPT = "Question: Ava has 3 apples. She buys 4 more. How many apples does Ava have now?\nAnswer:"
 AB_YAML = """\
@@ -269,7 +268,7 @@ def test_unknown_experiments_and_bad_feedback(client):
 def test_bad_ab_config_stops_startup(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiments:\n  x:\n    arms:\n      a: {sampler: nope}\n")
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--model",
+    proc = subprocess.run([sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model",
                            str(tiny_model_dir), "--ab-config", str(bad)],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-
-from server.cli import main
+from unmaskd.engine.cli import main
 
 
 def test_generate_takes_full_block_length_and_refuses_a_bad_one(tiny_model_dir, capsys):

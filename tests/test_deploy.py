@@ -394,7 +394,9 @@ def test_cpu_stage_install_replayed(dockerfile, tmp_path):
     venv = Path(env["VIRTUAL_ENV"])
     py = venv / "bin" / "python"
     check = subprocess.run(
-        [str(py), "-c", "import json, torch, dllm, server.app, sampler_plugins, kernels, tasks;"
+        [str(py), "-c", "import json, torch; import unmaskd.engine, unmaskd.kernels, unmaskd.tasks;"
+         "from unmaskd import dllm, sampler_plugins;"
+         "import unmaskd.server.app;"
          "print(json.dumps([torch.__version__, str(dllm.EMBEDDED_MODEL_DIR), dllm.__file__]))"],
         capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
         cwd=tmp_path)
@@ -402,6 +404,11 @@ def test_cpu_stage_install_replayed(dockerfile, tmp_path):
     torch_version, embedded_dir, dllm_file = json.loads(check.stdout)
     assert torch_version.startswith(args["TORCH_VERSION"]) and "+cpu" in torch_version
     assert Path(dllm_file).is_relative_to(venv), "dllm imported from outside the new venv"
+    # The wheel's only top-level import name is `unmaskd`: no `server` or `kernels` that another
+    # distribution (Hugging Face's `kernels`) could overwrite or be mistaken for.
+    (record,) = venv.glob("lib/python*/site-packages/unmaskd-*.dist-info/RECORD")
+    tops = {line.split("/")[0] for line in record.read_text().splitlines()}
+    assert {t for t in tops if not t.startswith(("..", "unmaskd-"))} == {"unmaskd"}, tops
     # The server's own command line comes up (imports FastAPI, uvicorn, the engine).
     serve_help = subprocess.run([str(venv / "bin" / "unmaskd"), "serve", "--help"],
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -562,7 +569,7 @@ def test_k8s_deployment():
     assert src["configMapRef"]["name"] == cm["metadata"]["name"]
     assert all(k.startswith("UNMASKD_") for k in cm["data"])
     # every ConfigMap key is a real `unmaskd serve` setting
-    from server.settings import ServerSettings
+    from unmaskd.server.settings import ServerSettings
 
     known = {f"UNMASKD_{name.upper()}" for name in ServerSettings.model_fields}
     assert set(cm["data"]) | set(env) <= known, (set(cm["data"]) | set(env)) - known

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-
-import sampler_plugins.registry as registry
-from sampler_plugins import Sampler, StepView
-from server.evaluate import nfe_if_stopped_at_eos
-from server.sequence import GenerationRequest, InvalidRequest
-from tasks.arithmetic import make_split
+import unmaskd.sampler_plugins.registry as registry
+from unmaskd.engine.evaluate import nfe_if_stopped_at_eos
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
+from unmaskd.sampler_plugins import Sampler, StepView
+from unmaskd.tasks.arithmetic import make_split
 
 ALL = ["random", "topk_confidence", "threshold", "factor", "margin", "entropy", "eb", "klass"]
 
@@ -148,7 +147,7 @@ def test_step_budget_forces_completion(tiny_engine):
 def eos_engine(tiny_model_dir):
     """The tiny model with its EOS head row copied from its favourite token, so EOS is
     proposed often (as a trained model does for padding)."""
-    from server.engine import Engine
+    from unmaskd.engine.loop import Engine
 
     engine = Engine.from_dir(tiny_model_dir, default_gen_length=16)
     (r,) = engine.generate([GenerationRequest(prompts(engine, 1)[0], gen_length=16)])

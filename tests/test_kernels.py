@@ -14,15 +14,14 @@ import sys
 import pytest
 import torch
 from scipy.stats import chisquare
-
-import kernels  # imports no triton: kernels.triton_confidence is loaded lazily
-from kernels.reference import confidence_stats_torch, gumbel_noise
+from unmaskd import kernels  # imports no triton: kernels.triton_confidence is loaded lazily
+from unmaskd.kernels.reference import confidence_stats_torch, gumbel_noise
 
 # Must precede the first import of kernels.triton_confidence (@triton.jit picks interpreted or
 # compiled when it runs); reload in case another test module already imported it.
 os.environ["TRITON_INTERPRET"] = "1"
 try:
-    _tc = importlib.import_module("kernels.triton_confidence")
+    _tc = importlib.import_module("unmaskd.kernels.triton_confidence")
     if "InterpretedFunction" not in type(_tc._confidence_kernel).__name__:
         _tc = importlib.reload(_tc)
     confidence_stats_triton = _tc.confidence_stats_triton
@@ -139,7 +138,7 @@ def test_triton_small_blocks_and_sampling(n, v, dtype):
 def test_reference_matches_oracle(n, v, dtype, monkeypatch):
     gen = torch.Generator().manual_seed(n * 10007 + v)
     logits, exclude = make_logits(n, v, dtype, gen)
-    monkeypatch.setattr("kernels.reference.CHUNK_BYTES", 3 * v * 8)  # several row chunks
+    monkeypatch.setattr("unmaskd.kernels.reference.CHUNK_BYTES", 3 * v * 8)  # several row chunks
     check_against_oracle(confidence_stats_torch(logits, None, None, exclude), logits, exclude)
     temps, seeds = random_sampling_args(n, gen)
     check_against_oracle(confidence_stats_torch(logits, temps, seeds, exclude), logits, exclude,
@@ -247,14 +246,14 @@ def test_dispatcher(monkeypatch):
     with pytest.raises(ValueError):
         kernels.confidence_stats(logits)
     monkeypatch.setenv("UNMASKD_KERNEL", "triton")
-    monkeypatch.setitem(sys.modules, "kernels.triton_confidence", None)
+    monkeypatch.setitem(sys.modules, "unmaskd.kernels.triton_confidence", None)
     with pytest.raises(RuntimeError, match="not importable"):
         kernels.confidence_stats(logits)
 
 
 @needs_triton
 def test_dispatcher_forces_triton(monkeypatch):
-    import kernels.triton_confidence as tc
+    import unmaskd.kernels.triton_confidence as tc
 
     calls = []
     monkeypatch.setattr(tc, "confidence_stats_triton",
@@ -293,8 +292,8 @@ def test_dispatcher_arguments():
 # same fp32 dot product up to summation order: rtol = atol = 1e-6. Between the Triton and the
 # torch paths the statistics themselves differ by up to PROB_TOL / ENT_TOL (margin: 2 PROB_TOL),
 # so |d embedding| <= sum_f max|W[:, f]| * tol_f, plus 1e-6 of rounding.
-from sampler_plugins.learned import policy_features  # noqa: E402
-from sampler_plugins.policy_net import PolicyNet  # noqa: E402
+from unmaskd.sampler_plugins.learned import policy_features  # noqa: E402
+from unmaskd.sampler_plugins.policy_net import PolicyNet  # noqa: E402
 
 EMB_TOL = 1e-6
 FEATURE_TOL = {"confidence": PROB_TOL, "margin": 2 * PROB_TOL, "entropy": ENT_TOL}
@@ -457,10 +456,10 @@ def test_engine_tokens_identical_on_triton_and_torch_paths(monkeypatch):
     """The embedded model decoded end to end with the interpreted Triton kernel and with the
     reference: a mixed batch (greedy top-k, sampled threshold, and a learned policy whose input
     layer the kernel applies) gives the same tokens and step counts."""
-    from dllm import EMBEDDED_MODEL_DIR
-    from sampler_plugins.policy_store import STORE, Policy
-    from server.engine import Engine
-    from server.sequence import GenerationRequest
+    from unmaskd.dllm import EMBEDDED_MODEL_DIR
+    from unmaskd.engine.loop import Engine
+    from unmaskd.engine.sequence import GenerationRequest
+    from unmaskd.sampler_plugins.policy_store import STORE, Policy
 
     engine = Engine.from_dir(EMBEDDED_MODEL_DIR, default_gen_length=24)
     STORE.add(Policy("kernel-test", randomised_policy(("confidence", "entropy"), seed=3),

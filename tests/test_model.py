@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
-from dllm.checkpoint import CheckpointError, load_dllm, save_dllm
-from dllm.config import ConfigError, LLaDAConfig
-from dllm.model import LLaDAModel
+from unmaskd.dllm.backend import ConfigError
+from unmaskd.dllm.checkpoint import CheckpointError, load_dllm, save_dllm
+from unmaskd.dllm.llada import LLaDAConfig, LLaDAModel
 
 
 def small_config(**overrides) -> LLaDAConfig:
@@ -128,8 +127,7 @@ def test_weight_tying_uses_embedding_as_head():
 
 def test_tokenizer_round_trip_and_autotokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
-
-    from tasks.arithmetic import make_split
+    from unmaskd.tasks.arithmetic import make_split
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir), local_files_only=True)
     for p in make_split("validation", 20):
@@ -151,8 +149,7 @@ def test_training_is_seed_deterministic_and_resumes_exactly(tmp_path):
     import json
 
     import torch
-
-    from dllm.train import main as train_dllm
+    from unmaskd.dllm.train import main as train_dllm
 
     common = ["--steps", "6", "--batch-size", "4", "--d-model", "32", "--n-layers", "1",
               "--pool", "64", "--val-every", "0", "--warmup", "2", "--ckpt-every", "100"]
@@ -174,9 +171,8 @@ def test_length_sorted_micro_batches_give_the_whole_batch_gradient(tiny_model_di
     """Computing a batch in length-sorted slices (each without its shared left padding) is a
     speed-up only: the loss and every gradient match the one-slice computation."""
     from tokenizers import Tokenizer
-
-    from dllm.train import batch_loss_backward, encode_pool, make_batch
-    from tasks.arithmetic import make_split
+    from unmaskd.dllm.train import batch_loss_backward, encode_pool, make_batch
+    from unmaskd.tasks.arithmetic import make_split
 
     tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     model = load_dllm(tiny_model_dir)[0].requires_grad_(True)
@@ -196,7 +192,7 @@ def test_length_sorted_micro_batches_give_the_whole_batch_gradient(tiny_model_di
 
 
 def test_lr_schedule_warmup_stable_decay_and_decay_to_zero():
-    from dllm.train import lr_at
+    from unmaskd.dllm.train import lr_at
 
     # warmup-stable-decay (the previous recipe): warm-up, constant, then linear decay to 10%
     # over the last half

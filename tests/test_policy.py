@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-
-from sampler_plugins.policy_net import PolicyNet, bernoulli_log_prob, unmask_probs
-from sampler_plugins.policy_store import (
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
+from unmaskd.sampler_plugins.policy_net import PolicyNet, bernoulli_log_prob, unmask_probs
+from unmaskd.sampler_plugins.policy_store import (
     STORE,
     Policy,
     PolicyError,
@@ -17,7 +17,6 @@ from sampler_plugins.policy_store import (
     model_fingerprint,
     save_policy,
 )
-from server.sequence import GenerationRequest, InvalidRequest
 
 
 def test_network_size_and_initial_unmask_probability():
@@ -97,7 +96,7 @@ def test_learned_sampler_end_to_end(tiny_engine, shipped_like_policy, tiny_model
 
 
 def test_default_policy_picks_closest_block_then_default_alpha():
-    from sampler_plugins.policy_store import PolicyStore
+    from unmaskd.sampler_plugins.policy_store import PolicyStore
 
     store = PolicyStore()
     for name, bl, alpha, default in [("b4a1", 4, 1.0, False), ("b4a3", 4, 3.0, True),
@@ -116,7 +115,7 @@ def finish_fast(result, problem, gen_length) -> float:
 
 def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
     """Reward only for finishing fast: the optimum (commit everything at once) is known."""
-    from sampler_plugins.policy_trainer import train
+    from unmaskd.sampler_plugins.policy_trainer import train
 
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "16",
            "--block-length", "full", "--iterations", "12", "--prompts-per-step", "4",
@@ -134,8 +133,7 @@ def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
 def test_trainer_runs_a_bf16_dllm_with_an_fp32_policy(tiny_model_dir, tmp_path):
     """What a real LLaDA run on a GPU uses (the dLLM in bf16, the policy in fp32), on CPU."""
     from safetensors.torch import load_file
-
-    from sampler_plugins.policy_trainer import train
+    from unmaskd.sampler_plugins.policy_trainer import train
 
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
            "--block-length", "4", "--iterations", "2", "--prompts-per-step", "2",
@@ -168,7 +166,7 @@ def test_expert_rollouts_follow_the_threshold_rule(tiny_engine, tiny_model_dir):
 
 
 def test_mixture_likelihood_of_expert_steps():
-    from sampler_plugins.policy_trainer import mixture_log_prob
+    from unmaskd.sampler_plugins.policy_trainer import mixture_log_prob
 
     logp = torch.log(torch.tensor([0.2, 0.2]))
     expert = torch.tensor([True, False])
@@ -178,7 +176,7 @@ def test_mixture_likelihood_of_expert_steps():
 
 
 def test_trainer_with_expert_steering_runs(tiny_model_dir, tmp_path):
-    from sampler_plugins.policy_trainer import train
+    from unmaskd.sampler_plugins.policy_trainer import train
 
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
            "--block-length", "full", "--iterations", "2", "--prompts-per-step", "2",
@@ -195,8 +193,7 @@ def test_trainer_with_expert_steering_runs(tiny_model_dir, tmp_path):
 
 def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
-
-    from sampler_plugins.policy_trainer import train
+    from unmaskd.sampler_plugins.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--block-length", "4",
               "--prompts-per-step", "2", "--group-size", "4", "--ckpt-every", "2",
@@ -213,7 +210,7 @@ def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
 
 
 def test_trainer_refuses_to_resume_with_other_flags(tiny_model_dir, tmp_path):
-    from sampler_plugins.policy_trainer import train
+    from unmaskd.sampler_plugins.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
               "--block-length", "4", "--prompts-per-step", "2", "--group-size", "4"]
@@ -227,8 +224,7 @@ def test_trainer_starts_from_an_init_policy(tiny_model_dir, tmp_path):
     """--init: a full-diffusion policy's weights are the block run's starting point (lr 0 keeps
     them); a policy with other inputs is refused naming the flag."""
     from safetensors.torch import load_file
-
-    from sampler_plugins.policy_trainer import train
+    from unmaskd.sampler_plugins.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--prompts-per-step", "2",
               "--group-size", "4"]
@@ -253,7 +249,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_p
     script = tmp_path / "ddp_train.py"
     script.write_text(
         "import sys\n"
-        "from sampler_plugins.policy_trainer import train\n"
+        "from unmaskd.sampler_plugins.policy_trainer import train\n"
         "train(sys.argv[1:], reward_fn=lambda r, p, L: 1.0 - r.nfe / L)\n")
     # --standalone: torchrun's own rendezvous on a free port (no port picked here and then
     # raced for by another process)
@@ -274,7 +270,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_p
 def test_engine_hands_the_policy_its_kernel_embedding(tiny_engine, monkeypatch):
     """With one policy in the batch the kernel applies its input layer (view.embedding); the
     commits are exactly those of the network applying it itself."""
-    from sampler_plugins.learned import Learned
+    from unmaskd.sampler_plugins.learned import Learned
 
     torch.manual_seed(0)
     net = PolicyNet(("confidence", "margin"))
@@ -306,7 +302,7 @@ def test_first_grpo_pass_reproduces_the_rollout_likelihood(tiny_engine):
     """The loss recomputes each recorded step's log-likelihood with the trainer's rollout knobs:
     before any update the PPO ratio is exactly 1, so with advantage 1 the loss is -1. (If the
     rollouts used the serving defaults, tau 0.25, the ratio would be off and the loss not -1.)"""
-    from sampler_plugins.policy_trainer import ROLLOUT_KNOBS, grpo_loss
+    from unmaskd.sampler_plugins.policy_trainer import ROLLOUT_KNOBS, grpo_loss
 
     torch.manual_seed(0)
     net = PolicyNet()

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from sampler_plugins import StepView, get_sampler, registered_samplers
-from server.sequence import InvalidRequest, parse_sampler_params
+from unmaskd.engine.sequence import InvalidRequest, parse_sampler_params
+from unmaskd.sampler_plugins import StepView, get_sampler, registered_samplers
 
 
 def view(prob, candidate=None, top2=None, entropy=None, step_in_block=0, steps_per_block=4,
@@ -136,7 +135,7 @@ def test_every_builtin_is_registered_with_validated_params():
 
 
 def test_broken_plugin_is_skipped(monkeypatch, caplog):
-    import sampler_plugins.registry as registry
+    import unmaskd.sampler_plugins.registry as registry
 
     class FakeEntryPoint:
         name, value = "broken", "missing_module:Thing"

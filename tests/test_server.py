@@ -22,11 +22,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from tokenizers import Tokenizer
-
-from sampler_plugins import Sampler, get_sampler, registered_samplers
-from server.app import create_app
-from server.engine import Engine
-from server.settings import ServerSettings, parse_settings
+from unmaskd.engine.loop import Engine
+from unmaskd.sampler_plugins import Sampler, get_sampler, registered_samplers
+from unmaskd.server.app import create_app
+from unmaskd.server.settings import ServerSettings, parse_settings
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -135,7 +134,7 @@ def test_playground_page_speaks_the_generate_api(server):
     posts to /generate is a GenerateRequest field, with streaming on."""
     import re
 
-    from server.protocol import GenerateRequest
+    from unmaskd.server.protocol import GenerateRequest
 
     r = httpx.get(server.url + "/playground")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")

@@ -1,6 +1,6 @@
 """The synthetic arithmetic task suite."""
 
-from tasks.arithmetic import check_answer, extract_answer, generate, is_held_out, make_split
+from unmaskd.tasks.arithmetic import check_answer, extract_answer, generate, is_held_out, make_split
 
 
 def test_generator_is_deterministic():

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
-
-from server.engine import Engine
-from server.sequence import GenerationRequest, InvalidRequest, default_block_length
-from tasks.arithmetic import check_answer, make_split
+from unmaskd.engine.loop import Engine
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, default_block_length
+from unmaskd.tasks.arithmetic import check_answer, make_split
 
 
 @dataclass

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from pydantic import ValidationError
-
-from sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
+from unmaskd.sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
 
 
 class InvalidRequest(ValueError):

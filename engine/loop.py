@@ -22,16 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from kernels import confidence_stats
-from sampler_plugins import Sampler, StepView
-from server.sequence import (
+from unmaskd.engine.sequence import (
     GenerationRequest,
     InvalidRequest,
     SequenceResult,
     ValidatedRequest,
     validate,
 )
+from unmaskd.kernels import confidence_stats
+from unmaskd.sampler_plugins import Sampler, StepView
 
 _MIX = 0x100000001B3  # FNV-64 prime: cheap wrapping int64 mix for RNG keys
 
@@ -96,7 +95,7 @@ class Engine:
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu", dtype=torch.float32,
                  mask_token_id: int | None = None, default_gen_length: int = 48) -> Engine:
-        from dllm.checkpoint import load_dllm
+        from unmaskd.dllm.checkpoint import load_dllm
 
         model, tokenizer = load_dllm(model_dir, dtype=dtype, device=device,
                                      mask_token_id=mask_token_id)

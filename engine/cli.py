@@ -13,13 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from dllm import EMBEDDED_MODEL_DIR
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
 
 
 def _engine(args):
     import torch
-
-    from server.engine import Engine
+    from unmaskd.engine.loop import Engine
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -31,7 +30,7 @@ def _engine(args):
 
 def load_policies(policies_dir: Path, model_dir: Path) -> list[str]:
     """Load the learned policies trained for this model (none is fine: `learned` then says so)."""
-    from sampler_plugins.policy_store import STORE, model_fingerprint
+    from unmaskd.sampler_plugins.policy_store import STORE, model_fingerprint
 
     if not Path(policies_dir).is_dir():
         return []
@@ -51,7 +50,7 @@ def _add_model_args(ap: argparse.ArgumentParser) -> None:
 
 
 def _param(text: str) -> tuple[str, object]:
-    from server.evaluate import _value
+    from unmaskd.engine.evaluate import _value
 
     key, eq, value = text.partition("=")
     if not eq:
@@ -77,7 +76,7 @@ def resolve_block_length(block: int | str | None, gen_length: int) -> int | None
 
 
 def cmd_generate(argv: list[str]) -> int:
-    from server.sequence import GenerationRequest, InvalidRequest
+    from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
 
     ap = argparse.ArgumentParser(prog="unmaskd generate")
     ap.add_argument("--prompt", required=True)
@@ -130,8 +129,8 @@ def render_canvas(engine, canvas: list[int], mask_glyph: str = "░") -> str:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from server.evaluate import run_eval
-    from server.sequence import InvalidRequest
+    from unmaskd.engine.evaluate import run_eval
+    from unmaskd.engine.sequence import InvalidRequest
 
     ap = argparse.ArgumentParser(prog="unmaskd eval")
     ap.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -163,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "generate": cmd_generate,
         "eval": cmd_eval,
-        "serve": lambda a: __import__("server.app", fromlist=["serve_main"]).serve_main(a),
-        "train-dllm": lambda a: __import__("dllm.train", fromlist=["main"]).main(a),
-        "train-policy": lambda a: __import__("sampler_plugins.policy_trainer",
+        "serve": lambda a: __import__("unmaskd.server.app", fromlist=["serve_main"]).serve_main(a),
+        "train-dllm": lambda a: __import__("unmaskd.dllm.train", fromlist=["main"]).main(a),
+        "train-policy": lambda a: __import__("unmaskd.sampler_plugins.policy_trainer",
                                              fromlist=["main"]).main(a),
     }
     if not argv or argv[0] not in commands:

@@ -1,0 +1,6 @@
+"""The decoding core: the engine loop, requests and their validation, the KV cache, the CLI."""
+
+from unmaskd.engine.loop import Engine, StepReport
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, SequenceResult
+
+__all__ = ["Engine", "GenerationRequest", "InvalidRequest", "SequenceResult", "StepReport"]
