@@ -3,8 +3,10 @@
 Requests are validated by the HTTP handler (so bad input is a 422 before anything is queued)
 and submitted here as `Job`s. Between two denoising steps the thread applies cancellations and
 moves waiting jobs into the batch while it has fewer than `max_batch_size` rows; a finished row
-leaves the batch at the step that finished it. Waiting jobs sit in a bounded queue; a full queue
-refuses new jobs (`QueueFull`, a 429). Any mix of samplers and canvas lengths shares a batch.
+leaves the batch at the step that finished it. Jobs wait in a queue: up to `max_queue` of them
+beyond the batch's free slots (which they fill at the next step), so a new job is refused
+(`QueueFull`, a 429) only when the batch is full and `max_queue` jobs wait. Any mix of samplers
+and canvas lengths shares a batch.
 
 Everything a job produces goes back to its event loop through `loop.call_soon_threadsafe` into
 the job's asyncio queue: one `StepEvent` per step for watched (streaming) jobs, then exactly one
@@ -84,7 +86,7 @@ class Scheduler:
         self._waiting: deque[Job] = deque()
         self._running: dict[int, Job] = {}  # engine request id -> job
         self._cancels: list[Job] = []
-        self._admitting: list[Job] = []  # left the queue, not yet in the batch
+        self._admitting: list[Job] = []  # left the queue, not yet in the batch (nor done)
         self._accepting = True
         self._stopping = False
         self._died = False
@@ -105,7 +107,10 @@ class Scheduler:
         with self._cond:
             if not self._accepting or not self.alive:
                 raise NotAccepting
-            if len(self._waiting) >= self.max_queue:
+            # While the engine thread is inside a step, a burst can only wait: the jobs that
+            # will take the batch's free slots at the next step do not count against the queue.
+            free = self.max_batch_size - len(self._running) - len(self._admitting)
+            if len(self._waiting) >= self.max_queue + max(0, free):
                 raise QueueFull
             self._waiting.append(job)
             self._cond.notify()
@@ -178,16 +183,16 @@ class Scheduler:
                     self._finish_early(job, Cancelled("shutdown"), "cancelled")
                 return False
             cancels, self._cancels = self._cancels, []
-            admit = self._admitting = []
-            while self._waiting and len(self._running) + len(admit) < self.max_batch_size:
-                admit.append(self._waiting.popleft())
+            while self._waiting and (len(self._running) + len(self._admitting)
+                                     < self.max_batch_size):
+                self._admitting.append(self._waiting.popleft())
+            admit = list(self._admitting)
         for job in cancels:
             if job.engine_id is not None and not job.done:
                 self.engine.cancel(job.engine_id)
         for job in admit:
             self._admit(job)
         with self._cond:
-            self._admitting = []
             self.metrics.load(len(self._running), len(self._waiting))
         if self.engine.active:
             self._step()
@@ -199,11 +204,13 @@ class Scheduler:
         except Exception as e:  # validated already; anything here is a server-side fault
             log.exception("could not add a request to the batch")
             with self._cond:
+                self._admitting.remove(job)
                 self._finish_early(job, Failed(f"could not start decoding: {e}"), "error")
             return
         job.admitted = time.perf_counter()
         job.engine_id = engine_id
-        with self._cond:
+        with self._cond:  # one move, so that submit() counts every batch slot exactly once
+            self._admitting.remove(job)
             self._running[engine_id] = job
         if job.cancel_reason is not None:  # cancelled between leaving the queue and now
             self.engine.cancel(engine_id)

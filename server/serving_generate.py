@@ -173,8 +173,9 @@ class GenerationService:
                                          prepared.prompt_tokens)
         except QueueFull:
             self.metrics.request_ended_early(prepared.sampler, prepared.arm, "rejected")
-            raise ApiError(429, None, f"the queue is full ({self.scheduler.max_queue} waiting)",
-                           headers={"Retry-After": "1"}) from None
+            raise ApiError(429, None, f"the batch is full and so is the queue "
+                           f"({self.scheduler.max_queue} waiting)", headers={"Retry-After": "1"}
+                           ) from None
         except NotAccepting:
             self.metrics.request_ended_early(prepared.sampler, prepared.arm, "rejected")
             raise ApiError(503, None, "the engine is not accepting requests") from None

@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -521,6 +522,39 @@ def test_a_failing_step_fails_its_batch_and_the_loop_goes_on(engine, tiny_model_
         ok = tc.post("/generate", json={"prompt": PROMPT, "sampler": "topk_confidence"})
         assert ok.status_code == 200 and tc.get("/health").status_code == 200
         assert 'status="error"} 1.0' in tc.get("/metrics").text
+
+
+class Gate(Sampler):
+    """Holds the engine thread inside its step until `opened` is set."""
+
+    name = "gate"
+    opened = threading.Event()
+
+    def select(self, view):
+        assert self.opened.wait(60)
+        return view.candidate
+
+
+def test_a_burst_waits_for_free_batch_slots_instead_of_getting_429(engine, tiny_model_dir,
+                                                                   monkeypatch):
+    """Admission counts the batch's free slots: while the engine is inside a step with 1 of 4
+    rows taken, 3 + --max-queue 2 more requests wait (3 of them would take the free slots at
+    the next step); only the one after them is refused."""
+    monkeypatch.setitem(registered_samplers(), "gate", Gate)
+    Gate.opened.clear()
+    app = create_app(ServerSettings(model=tiny_model_dir, max_batch_size=4, max_queue=2), engine)
+    scheduler = app.state.service.scheduler
+    with TestClient(app) as tc, ThreadPoolExecutor(7) as pool:
+        def post(sampler: str) -> int:
+            return tc.post("/generate", json={"prompt": PROMPT, "sampler": sampler}).status_code
+
+        held = pool.submit(post, "gate")
+        assert wait_for(lambda: len(scheduler._running) == 1)
+        burst = [pool.submit(post, "topk_confidence") for _ in range(6)]
+        assert wait_for(lambda: len(scheduler._waiting) + sum(f.done() for f in burst) == 6)
+        Gate.opened.set()
+        codes = sorted(f.result() for f in burst)
+    assert held.result() == 200 and codes == [200] * 5 + [429]
 
 
 def test_health_is_503_when_the_engine_loop_dies(engine, tiny_model_dir):
