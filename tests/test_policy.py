@@ -1,5 +1,6 @@
 """The learned policy: network, likelihood, files, sampler, and its GRPO trainer."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -57,13 +58,16 @@ def test_policy_files_round_trip_and_refusals(shipped_like_policy, tiny_model_di
     assert policy.net.features == ("confidence", "margin")
     with pytest.raises(PolicyError, match="trained for"):
         load_policy(shipped_like_policy, "0123456789abcdef")
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
     state = load_file(str(shipped_like_policy / "policy.safetensors"))
-    state["input.weight"] = torch.zeros(128, 3)  # wrong shape
-    save_file(state, str(shipped_like_policy / "policy.safetensors"))
+    state["input.weight"] = torch.zeros(128, 3)  # wrong shape, in a file policy.json vouches for
+    data = save(state)
+    (shipped_like_policy / "policy.safetensors").write_bytes(data)
+    meta = json.loads((shipped_like_policy / "policy.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    (shipped_like_policy / "policy.json").write_text(json.dumps(meta))
     with pytest.raises(PolicyError, match="do not match"):
         load_policy(shipped_like_policy, fp)
-    meta = json.loads((shipped_like_policy / "policy.json").read_text())
     meta["architecture"]["features"] = ["confidence", "bogus"]
     (shipped_like_policy / "policy.json").write_text(json.dumps(meta))
     with pytest.raises(PolicyError, match="malformed"):
