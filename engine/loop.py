@@ -5,7 +5,7 @@
 
 This is the project's one decoding loop: the CLI, the offline eval, the server's continuous
 batching and the learned policy's rollouts all call `Engine.step()`. One step for the batch:
-one dLLM forward over [prompt | canvas] rows; confidence statistics of each row's current block
+the dLLM's logits for each row (`_forward`); confidence statistics of each row's current block
 (or whole canvas, for samplers that look at it) through `kernels.confidence_stats`; each sampler
 group picks positions; the engine enforces the invariants and commits; blocks advance; finished
 rows retire. The only host synchronisation per step is the small status read that retires rows.
@@ -13,6 +13,11 @@ rows retire. The only host synchronisation per step is the small status read tha
 Layout: rows are left-padded so every prompt ends at column P; canvases start at P and are
 right-padded to the widest canvas. Padding is masked out of attention and positions count real
 tokens only, so a row's logits do not depend on its batch.
+
+Caches (`cache="prefix"|"dual"`, Fast-dLLM's semantics): a row at the start of a block runs a full
+forward that refills its keys/values; a row later in its block runs a forward over only the block
+to the end of its canvas (prefix) or the block (dual), attending to its cached columns. Both kinds
+of rows share a step (two forwards, one per kind), and a row counts one NFE per step either way.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from unmaskd.engine.kv_cache import CACHE_MODES, KVCache
 from unmaskd.engine.sequence import (
     GenerationRequest,
     InvalidRequest,
@@ -53,6 +59,10 @@ class Sequence:
     started: float = field(default_factory=time.perf_counter)
     state: dict = field(default_factory=dict)  # the sampler's per-sequence state
     cancelled: bool = False
+    # While the batch changes: the row's cached keys/values (prompt and canvas columns) and the
+    # latest statistics of each canvas position (token [L], prob/top1/top2/entropy [4, L]).
+    kv: torch.Tensor | None = None
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -80,11 +90,15 @@ class StepReport:
 
 class Engine:
     def __init__(self, model, tokenizer, default_gen_length: int = 48,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", cache: str = "none"):
+        if cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = model.config
         self.device = torch.device(device)
+        self.cache = cache
+        self.kv: KVCache | None = None
         self.default_gen_length = default_gen_length
         self.mask_id = self.cfg.mask_token_id
         self.eos_id = self.cfg.eos_token_id
@@ -94,12 +108,18 @@ class Engine:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu", dtype=torch.float32,
-                 mask_token_id: int | None = None, default_gen_length: int = 48) -> Engine:
+                 mask_token_id: int | None = None, default_gen_length: int = 48,
+                 cache: str = "none") -> Engine:
         from unmaskd.dllm.checkpoint import load_dllm
 
         model, tokenizer = load_dllm(model_dir, dtype=dtype, device=device,
                                      mask_token_id=mask_token_id)
-        return cls(model, tokenizer, default_gen_length, device)
+        return cls(model, tokenizer, default_gen_length, device, cache)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Memory held by the batch's key/value cache (0 without a cache or an empty batch)."""
+        return self.kv.nbytes if self.kv is not None else 0
 
     # ---- requests in and out ------------------------------------------------------------
     def validate(self, req: GenerationRequest) -> ValidatedRequest:
@@ -130,6 +150,7 @@ class Engine:
     def abort_all(self) -> None:
         """Drop every active request (after a failed step, or at shutdown)."""
         self.active.clear()
+        self.kv = None
         self._dirty = True
 
     def generate(self, requests: list[GenerationRequest], max_batch_size: int = 256,
@@ -170,7 +191,24 @@ class Engine:
             trace[b, :L] = s.trace
         self.P, self.W = P, W
         self.ids, self.attn, self.valid = ids.to(dev), attn.to(dev), valid.to(dev)
+        self.positions = (self.attn.long().cumsum(-1) - 1).clamp(min=0)
         self.trace = trace.to(dev)
+        self.prompt_len_host = torch.tensor([len(s.prompt_ids) for s in seqs])
+        self.gen_len_host = torch.tensor([s.vr.gen_length for s in seqs])
+        # The latest statistics of every position, kept across steps: with a cache, a position
+        # outside the recomputed slice keeps those of the forward that last computed it.
+        self.grid_token = torch.zeros((B, W), dtype=torch.long, device=dev)
+        self.grid_stats = torch.zeros((B, 4, W), dtype=torch.float32, device=dev)
+        self.kv = None
+        if self.cache != "none":
+            dtype = next(self.model.parameters()).dtype
+            self.kv = KVCache(self.model.kv_layout, self.attn, dtype)
+        for b, s in enumerate(seqs):
+            if s.stats is not None:
+                L = s.vr.gen_length
+                self.grid_token[b, :L], self.grid_stats[b, :, :L] = s.stats
+            if self.kv is not None and s.kv is not None:
+                self.kv.place(b, P - len(s.prompt_ids), s.kv)
         temps = [s.vr.request.temperature for s in seqs]
         self.temperature = torch.tensor(temps, device=dev)
         self.any_sampling = any(t > 0 for t in temps)
@@ -210,49 +248,54 @@ class Engine:
             L = s.vr.gen_length
             s.canvas, s.trace = canvas[b, :L].clone(), trace[b, :L].clone()
             s.block, s.step_in_block, s.nfe = block, step_in_block, nfe
+            s.stats = (self.grid_token[b, :L].clone(), self.grid_stats[b, :, :L].clone())
+            if self.kv is not None:
+                s.kv = self.kv.row(b, self.P - len(s.prompt_ids), self.P + L)
 
     # ---- one denoising step -------------------------------------------------------------
     @torch.no_grad()
     def step(self) -> StepReport:
         if self._dirty:
             self._rebuild()
-        seqs, P, W, dev = self.active, self.P, self.W, self.device
+        seqs, W, dev = self.active, self.W, self.device
         B = len(seqs)
-        t0 = time.perf_counter()
-        logits = self.model(self.ids, self.attn)[:, P:]  # [B, W, V]
-        forward_s = time.perf_counter() - t0
-        canvas = self.ids[:, P:]
+        canvas = self.ids[:, self.P:]
         masked = (canvas == self.mask_id) & self.valid
         # Block bookkeeping is host-side (updated by the previous step's status read), so the
-        # rows to gather are known without asking the device: the current block, or the whole
-        # canvas for samplers that look at it.
-        block = self.block_host
+        # rows and columns to compute are known without asking the device.
         step_in_block = self.step_in_block_host.to(dev)
         nfe = self.nfe_host.to(dev)
         col = torch.arange(W)
-        block_start = (block * self.block_len_host)[:, None]
-        in_block_host = (col >= block_start) & (col < block_start + self.block_len_host[:, None])
+        block_start = self.block_host * self.block_len_host
+        block_end = block_start + self.block_len_host
+        in_block_host = (col >= block_start[:, None]) & (col < block_end[:, None])
+        t0 = time.perf_counter()
+        parts, fresh = self._forward(block_start, block_end)
+        forward_s = time.perf_counter() - t0
+        # Statistics for the current block, or the whole canvas for samplers that look at it;
+        # those the forward did not recompute (outside a cached slice) keep their latest values.
         wanted = in_block_host | (self.full_canvas_host[:, None] & self.valid_host)
-        rows, cols = (i.to(dev) for i in wanted.nonzero(as_tuple=True))
+        rows, cols, logits = self._gather(parts, wanted & fresh)
         in_block = in_block_host.to(dev)
         candidate = masked & in_block
         step_keys = mix(mix(self.seed_keys, nfe), 0x2545F491)  # per request and step
         # A sampler may have the kernel apply its input layer too (the learned policy); one
-        # sampler per step gets it, in the same pass over the logits.
+        # sampler per step gets it, in the same pass over the logits. Not with a cache: some
+        # of its statistics are then kept from earlier steps, not computed in this pass.
         asks = [(i, p) for i, (s, _, _) in enumerate(self.groups)
-                if (p := s.policy_input()) is not None]
+                if self.kv is None and (p := s.policy_input()) is not None]
         embed_group, policy_input = asks[0] if len(asks) == 1 else (None, None)
         stats = confidence_stats(
-            logits[rows, cols],
-            temperature=self.temperature[rows] if self.any_sampling else 0.0,
+            logits, temperature=self.temperature[rows] if self.any_sampling else 0.0,
             seeds=mix(step_keys[rows], cols), exclude_token_id=self.mask_id,
             policy_input=policy_input)
-        grid = {}
-        for name in ("token", "prob", "top1", "top2", "entropy"):
-            value = getattr(stats, name)
-            g = torch.zeros((B, W), dtype=value.dtype, device=dev)
-            g[rows, cols] = value
-            grid[name] = g
+        self.grid_token[rows, cols] = stats.token
+        self.grid_stats[rows, :, cols] = torch.stack(
+            [stats.prob, stats.top1, stats.top2, stats.entropy], -1)
+        shown = wanted.to(dev)
+        grid = {"token": torch.where(shown, self.grid_token, 0)}
+        for i, name in enumerate(("prob", "top1", "top2", "entropy")):
+            grid[name] = torch.where(shown, self.grid_stats[:, i], 0.0)
         embedding = None
         if stats.embedding is not None:  # zeros where there are no statistics, like the grids
             embedding = torch.zeros((B, W, stats.embedding.shape[-1]), device=dev)
@@ -266,7 +309,7 @@ class Engine:
                 valid=self.valid[row_idx], step_in_block=step_in_block[row_idx],
                 steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
                 gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
-                probs=(self._probs(logits[row_idx]) if sampler.needs_probs else None),
+                probs=(self._probs(parts, row_idx) if sampler.needs_probs else None),
                 embedding=(embedding[row_idx] if embedding is not None and i == embed_group
                            else None),
                 states=states)
@@ -276,7 +319,7 @@ class Engine:
         canvas = torch.where(commit, grid["token"], canvas)
         self.trace = torch.where(commit, nfe[:, None], self.trace)
         canvas, eos_done = self._stop_at_eos(canvas, nfe)
-        self.ids[:, P:] = canvas
+        self.ids[:, self.P:] = canvas
         masked = (canvas == self.mask_id) & self.valid
         block_done = ~(masked & in_block).any(-1)
         all_done = ~masked.any(-1) | eos_done
@@ -327,8 +370,65 @@ class Engine:
         self.trace = torch.where(fill, nfe[:, None], self.trace)
         return torch.where(fill, self.eos_id, canvas), done
 
-    def _probs(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+    def _forward(self, block_start: torch.Tensor, block_end: torch.Tensor):
+        """The dLLM's logits for this step. Returns ([(rows, logits [n, Q, V], first)], fresh):
+        logits[j, q] belongs to canvas column first[j] + q of batch row rows[j]; fresh [B, W]
+        marks the canvas columns that have logits this step. Host tensors but the logits."""
+        B, P, W, dev = len(self.active), self.P, self.W, self.device
+        off = self.model.logit_offset  # logits at column x predict column x + off
+        full = (torch.ones(B, dtype=torch.bool) if self.kv is None
+                else self.step_in_block_host == 0)  # block start: refill the row's cache
+        parts, fresh = [], torch.zeros((B, W), dtype=torch.bool)
+        if full.any():
+            rows = full.nonzero().flatten()
+            every = len(rows) == B
+            pick = slice(None) if every else rows.to(dev)
+            kv = self.kv.fill(None if every else pick) if self.kv is not None else None
+            logits = self.model(self.ids[pick], self.attn[pick], kv=kv)
+            parts.append((rows, logits[:, P - off: P - off + W], torch.zeros_like(rows)))
+            fresh[rows] = self.valid_host[rows]
+        if not full.all():
+            # Each row's slice: the block to the end of its canvas (prefix) or the block (dual),
+            # plus `off` columns before it whose logits predict its first positions. Shorter
+            # slices are padded with the cache's scratch column, which nothing attends to.
+            rows = (~full).nonzero().flatten()
+            first = block_start[rows]
+            stop = (self.gen_len_host if self.cache == "prefix" else block_end)[rows]
+            q = torch.arange(int((stop - first).max()) + off)
+            cols = P + first[:, None] - off + q
+            cols = torch.where(cols < P + stop[:, None], cols, self.kv.width).to(dev)
+            every = len(rows) == B
+            pick = torch.arange(B, device=dev) if every else rows.to(dev)
+            at = (pick[:, None], cols.clamp(max=self.kv.width - 1))
+            logits = self.model(self.ids[at], positions=self.positions[at],
+                                kv=self.kv.attend(None if every else pick, cols))
+            parts.append((rows, logits, first))
+            col = torch.arange(W)
+            fresh[rows] = (col >= first[:, None]) & (col < stop[:, None])
+        return parts, fresh
+
+    def _gather(self, parts, need: torch.Tensor):
+        """The logits rows of the (row, column) pairs in `need`, and those pairs on the device."""
+        rows, cols, logits = [], [], []
+        for part_rows, part_logits, first in parts:
+            j, c = need[part_rows].nonzero(as_tuple=True)
+            rows.append(part_rows[j])
+            cols.append(c)
+            logits.append(part_logits[j.to(self.device), (c - first[j]).to(self.device)])
+        return (torch.cat(rows).to(self.device), torch.cat(cols).to(self.device),
+                torch.cat(logits))
+
+    def _probs(self, parts, row_idx: torch.Tensor) -> torch.Tensor:
+        """Full distributions [n, W, V] of some rows (uniform where this step has no logits)."""
+        V = parts[0][1].shape[-1]
+        logits = torch.zeros((len(self.active), self.W, V), device=self.device)
+        for part_rows, part_logits, first in parts:
+            cols = first[:, None] + torch.arange(part_logits.shape[1])
+            keep = cols < self.W
+            j, q = keep.nonzero(as_tuple=True)
+            logits[part_rows[j].to(self.device), cols[j, q].to(self.device)] = (
+                part_logits[j.to(self.device), q.to(self.device)].float())
+        logits = logits[row_idx]
         logits[..., self.mask_id] = float("-inf")
         return logits.softmax(-1)
 
