@@ -36,8 +36,15 @@ class LearnedParams(SamplerParams):
     @field_validator("policy")
     @classmethod
     def _known(cls, name: str | None) -> str | None:
+        if name is not None and name in STORE.skipped:
+            raise ValueError(f"policy {name!r} was not loaded: {STORE.skipped[name]}; "
+                             f"loaded: {sorted(STORE.policies)}")
         if name is not None and name not in STORE.policies:
             raise ValueError(f"unknown policy {name!r}; loaded: {sorted(STORE.policies)}")
+        if name is None and not STORE.policies and STORE.skipped:
+            first, why = min(STORE.skipped.items())
+            raise ValueError(f"no learned policy is loaded ({len(STORE.skipped)} skipped at "
+                             f"load; {first!r}: {why})")
         if name is None and not STORE.policies:
             raise ValueError("no learned policy is loaded (start with --policies DIR)")
         return name

@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from unmaskd.engine.loop import Engine
 from unmaskd.sampler_plugins import Sampler, registered_samplers
+from unmaskd.sampler_plugins.policy_store import STORE
 from unmaskd.server import ab, serving_generate, serving_openai
 from unmaskd.server.ab import ABConfig, Experiments, load_ab_config
 from unmaskd.server.metrics import CONTENT_TYPE, Metrics
@@ -224,7 +225,8 @@ def _routes() -> APIRouter:
         return {"default": service.default_sampler(),
                 "samplers": [describe_sampler(n, c)
                              for n, c in sorted(registered_samplers().items())],
-                "policies": service.policies()}
+                "policies": service.policies(),
+                "skipped_policies": dict(STORE.skipped)}  # name -> why it was not loaded
 
     return router
 
@@ -318,7 +320,7 @@ def serve_main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
         return 2
-    from unmaskd.engine.cli import load_policies
+    from unmaskd.engine.model_args import load_policies
     from unmaskd.sampler_plugins.policy_store import STORE
 
     loaded = load_policies(settings.policies or settings.model / "policies", settings.model)

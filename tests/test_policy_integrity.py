@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+from fastapi.testclient import TestClient
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
 from unmaskd.sampler_plugins import policy_store
 from unmaskd.sampler_plugins.policy_net import PolicyNet
 from unmaskd.sampler_plugins.policy_store import STORE, model_fingerprint, save_policy
@@ -90,3 +92,35 @@ def test_policies_failing_a_check_are_skipped_with_the_reason(policies):
     assert STORE.skipped["flipped"].startswith("policy.safetensors: its SHA-256 is not")
     assert STORE.skipped["other"].startswith("trained for dLLM 'x' (fingerprint 0123")
 
+
+def test_skipped_policies_say_why_in_the_422(policies, tiny_engine):
+    ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+    for name, why in [("flipped", "was not loaded: policy.safetensors: its SHA-256 is not"),
+                      ("other", "was not loaded: trained for dLLM 'x' .fingerprint 0123")]:
+        with pytest.raises(InvalidRequest, match=why) as e:
+            tiny_engine.validate(GenerationRequest(ids, "learned", {"policy": name}))
+        assert e.value.field == "sampler_params.policy"
+    tiny_engine.validate(GenerationRequest(ids, "learned", {"policy": "good"}))
+
+
+def test_samplers_lists_skipped_policies_and_generate_names_the_reason(
+        policies, tiny_engine, tiny_model_dir):
+    from unmaskd.server.app import create_app
+    from unmaskd.server.settings import ServerSettings
+
+    with TestClient(create_app(ServerSettings(model=tiny_model_dir), tiny_engine)) as client:
+        skipped = client.get("/samplers").json()["skipped_policies"]
+        assert set(skipped) == {"flipped", "other"} and "trained for" in skipped["other"]
+        r = client.post("/generate", json={"prompt": "Question: Ava has 3 eggs.\nAnswer:",
+                                           "sampler": "learned",
+                                           "sampler_params": {"policy": "flipped"}})
+        assert r.status_code == 422 and r.json()["field"] == "sampler_params.policy"
+        assert "corrupted or was replaced" in r.json()["detail"]
+
+
+def test_no_policy_loaded_says_why_when_all_were_skipped(tiny_engine, monkeypatch):
+    monkeypatch.setattr(STORE, "policies", {})
+    monkeypatch.setattr(STORE, "skipped", {"b": "policy.json: unreadable", "a": "trained for"})
+    ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+    with pytest.raises(InvalidRequest, match="2 skipped at load; 'a': trained for"):
+        tiny_engine.validate(GenerationRequest(ids, "learned"))
