@@ -7,7 +7,11 @@ A SPEC is `name` or `name:key=value,key=value`; `key=v1|v2|v3` sweeps a key. `st
 generation's step budget, every other key a sampler parameter. Each configuration runs batched
 through the engine over the same problems; the table gives accuracy with a 95% Wilson interval,
 mean NFE (and mean NFE had decoding stopped at EOS, derived exactly from the trace), tokens per
-step and sequences per second.
+step and sequences per second. `--data FILE.jsonl` replaces the built-in task with your own
+problems (`tasks/jsonl.py`).
+
+Every request of every configuration is validated before the first problem runs, and `--json`
+is rewritten after each finished configuration, so a stopped run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,9 @@ from tqdm import tqdm
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, default_block_length
 from unmaskd.tasks.arithmetic import check_answer, make_split
+from unmaskd.tasks.jsonl import DEFAULT_CHECKER, DataError, load_jsonl, make_checker
+
+DEFAULT_N = 500  # problems of a built-in split when --n is not given
 
 
 @dataclass
@@ -94,21 +102,33 @@ def nfe_if_stopped_at_eos(token_ids: list[int], trace: list[int], nfe: int, eos:
 
 
 def evaluate_configs(engine: Engine, problems, configs: list[Config], block_length: int | None,
-                     gen_length: int | None, batch_size: int = 128,
-                     progress: bool = True) -> list[dict]:
+                     gen_length: int | None, batch_size: int = 128, progress: bool = True,
+                     check: Callable[[str, object], bool] = check_answer,
+                     on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """One row per configuration. `problems` have `.prompt` and `.value` (the reference that
+    `check(text, value)` scores against); built-in ones also a difficulty level `.steps`.
+    `on_row` sees each row as soon as its configuration finishes."""
     tok = engine.tokenizer
     prompts = [tok(p.prompt)["input_ids"] for p in problems]
-    rows = []
-    bar = tqdm(total=len(configs) * len(problems), desc="eval", disable=not progress)
-    for cfg in configs:
-        reqs = [GenerationRequest(prompt_ids=ids, sampler=cfg.sampler, sampler_params=cfg.params,
+    batches = [[GenerationRequest(prompt_ids=ids, sampler=cfg.sampler, sampler_params=cfg.params,
                                   gen_length=gen_length, block_length=block_length,
                                   steps=cfg.steps, seed=i) for i, ids in enumerate(prompts)]
+               for cfg in configs]
+    # a bad configuration found after hours of good ones would throw their work away
+    for cfg, reqs in zip(configs, batches):
+        for req in reqs:
+            try:
+                engine.validate(req)
+            except InvalidRequest as e:
+                raise InvalidRequest(e.field, f"{e.message} (in {cfg.label})") from None
+    rows = []
+    bar = tqdm(total=len(configs) * len(problems), desc="eval", disable=not progress)
+    for cfg, reqs in zip(configs, batches):
         t0 = time.perf_counter()
         results = engine.generate(reqs, max_batch_size=batch_size,
                                   on_step=lambda r: bar.update(len(r.finished)))
         elapsed = time.perf_counter() - t0
-        correct = [check_answer(r.text, p.value) for r, p in zip(results, problems)]
+        correct = [check(r.text, p.value) for r, p in zip(results, problems)]
         k, n = sum(correct), len(correct)
         lo, hi = wilson(k, n)
         nfe = [r.nfe for r in results]
@@ -116,7 +136,8 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
                    for r in results]
         by_level: dict[int, list[bool]] = {}
         for p, c in zip(problems, correct):
-            by_level.setdefault(p.steps, []).append(c)
+            if getattr(p, "steps", None) is not None:  # --data problems have no level
+                by_level.setdefault(p.steps, []).append(c)
         rows.append({
             "label": cfg.label, "sampler": cfg.sampler, "params": cfg.params,
             "steps": engine.validate(reqs[0]).steps,
@@ -126,6 +147,8 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
             "tokens_per_step": sum(r.gen_length / r.nfe for r in results) / n,
             "seqs_per_s": n / elapsed,
         })
+        if on_row is not None:
+            on_row(rows[-1])
     bar.close()
     return rows
 
@@ -182,19 +205,43 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_eval(engine: Engine, split: str, n: int, specs: list[str], block_length: int | None,
-             gen_length: int | None, json_path: Path | None, plot_path: Path | None,
-             batch_size: int) -> list[dict]:
+def run_eval(engine: Engine, split: str, n: int | None, specs: list[str],
+             block_length: int | None, gen_length: int | None, json_path: Path | None,
+             plot_path: Path | None, batch_size: int, data: Path | None = None,
+             checker: str | None = None) -> list[dict]:
+    """The built-in `split` (n problems, default DEFAULT_N), or the first n (default: all)
+    problems of a `data` file scored by `checker`. Raises InvalidRequest or DataError before
+    any problem runs."""
     configs = [c for spec in specs for c in parse_spec(spec)]
-    problems = make_split(split, n)
-    rows = evaluate_configs(engine, problems, configs, block_length, gen_length, batch_size)
+    canvas = gen_length or engine.default_gen_length
+    if data is not None:
+        checker = checker or DEFAULT_CHECKER
+        problems = load_jsonl(data, engine.tokenizer, checker,
+                              engine.cfg.max_sequence_length - canvas)[:n]
+        check, source = make_checker(checker), {"data": str(data), "checker": checker}
+        title = data.name
+    else:
+        if checker is not None:
+            raise DataError("--checker scores --data files; the built-in task keeps its own")
+        problems = make_split(split, n or DEFAULT_N)
+        check, source, title = check_answer, {"split": split}, f"{split} split"
+    rows: list[dict] = []
+
+    def save(row: dict) -> None:
+        rows.append(row)
+        if json_path:  # rewritten whole (and atomically) after each configuration
+            tmp = json_path.with_name(json_path.name + ".tmp")
+            tmp.write_text(json.dumps({
+                **source, "n": len(problems), "block_length": block_length,
+                "gen_length": gen_length, "complete": len(rows) == len(configs),
+                "results": rows}, indent=2))
+            tmp.replace(json_path)
+
+    evaluate_configs(engine, problems, configs, block_length, gen_length, batch_size,
+                     check=check, on_row=save)
     print(format_table(rows))
-    if json_path:
-        json_path.write_text(json.dumps({"split": split, "n": n, "block_length": block_length,
-                                         "gen_length": gen_length, "results": rows}, indent=2))
     if plot_path:
-        canvas = gen_length or engine.default_gen_length
         bl = "full diffusion" if block_length == canvas else \
             f"block length {block_length or default_block_length(canvas)}"
-        plot_pareto(rows, plot_path, f"{split} split, n={n}, {bl}")
+        plot_pareto(rows, plot_path, f"{title}, n={len(problems)}, {bl}")
     return rows
