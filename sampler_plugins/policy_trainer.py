@@ -58,15 +58,26 @@ from unmaskd.sampler_plugins.policy_store import (
     save_policy,
 )
 from unmaskd.tasks.arithmetic import Problem, check_answer, make_split
+from unmaskd.tasks.jsonl import (
+    CHECKERS_HELP,
+    DEFAULT_CHECKER,
+    DataError,
+    Example,
+    checker_arg,
+    load_jsonl,
+    make_checker,
+    repeat,
+)
 
 TRAIN_POLICY = "__training__"
 TRAIN_EXPERT = "__training_expert__"
-RewardFn = Callable[[SequenceResult, Problem, int], float]
+RewardFn = Callable[[SequenceResult, Problem | Example, int], float]
+Check = Callable[[str, object], bool]  # output text, problem.value -> correct?
 
 
-def task_reward(alpha: float) -> RewardFn:
-    def reward(result: SequenceResult, problem: Problem, gen_length: int) -> float:
-        correct = check_answer(result.text, problem.value)
+def task_reward(alpha: float, check: Check = check_answer) -> RewardFn:
+    def reward(result: SequenceResult, problem: Problem | Example, gen_length: int) -> float:
+        correct = check(result.text, problem.value)
         speed = (gen_length - min(result.nfe, gen_length) + 1) / gen_length
         return float(correct) * speed**alpha
     return reward
@@ -85,6 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--init", type=Path, default=None,
                     help="policy folder whose weights to start from instead of the paper's "
                          "initialisation (e.g. a full-diffusion policy, to fine-tune for blocks)")
+    ap.add_argument("--data", type=Path, metavar="FILE.jsonl",
+                    help="your own problems instead of the built-in task's train split, in the "
+                         "format of `unmaskd eval --data`, in shuffled passes; --val-every then "
+                         "validates on the file's first --val-n lines (it has no held-out split)")
+    ap.add_argument("--checker", type=checker_arg, metavar="final-number|exact|regex:PATTERN",
+                    help="with --data, what the reward counts as correct: " + CHECKERS_HELP)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
     ap.add_argument("--iterations", type=int, default=200)
@@ -174,7 +191,9 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
                              default_gen_length=args.gen_length)
     L = args.gen_length
     block_length = resolve_block_length(args.block_length, L)
-    reward_fn = reward_fn or task_reward(args.alpha)
+    problems, val_problems, check = training_data(
+        args, engine, args.iterations * args.prompts_per_step * world)
+    reward_fn = reward_fn or task_reward(args.alpha, check)
     features = tuple(f.strip() for f in args.features.split(","))
     meta = policy_meta(args, argv, model_dir, block_length, world)
     settings = run_settings(args)
@@ -207,7 +226,6 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     # rollout i of a batch is (prompt i // (G + E), draw i % (G + E)); the last E are the expert's
     own = [i for i in range(P * (G + E)) if i % (G + E) < G]
     experts = [i for i in range(P * (G + E)) if i % (G + E) >= G]
-    problems = make_split("train", args.iterations * P * world)
     t_start = time.time()
     bar = tqdm(total=args.iterations, initial=start, desc="train-policy", disable=rank != 0)
     for it in range(start, args.iterations):
@@ -221,7 +239,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             seed=rollout_seed(args.seed, it, rank, i, g))
             for i, p in enumerate(batch) for g in range(G + E)]
         results = engine.generate(reqs, max_batch_size=len(reqs))
-        correct = [check_answer(r.text, batch[i // (G + E)].value) for i, r in enumerate(results)]
+        correct = [check(r.text, batch[i // (G + E)].value) for i, r in enumerate(results)]
         rewards = torch.tensor([reward_fn(r, batch[i // (G + E)], L)
                                 for i, r in enumerate(results)])
         groups = rewards.view(P, G + E)
@@ -266,7 +284,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
                             nfe=f"{record['nfe']:.1f}")
             bar.update()
             if args.val_every and (it + 1) % args.val_every == 0:
-                record.update(validate(engine, args.val_n, L, block_length))
+                record.update(validate(engine, val_problems, check, L, block_length))
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             if (it + 1) % args.ckpt_every == 0 or it + 1 == args.iterations:
@@ -345,8 +363,29 @@ def _mean_unmask_prob(net, steps: list[dict]) -> float:
         return torch.sigmoid(logits)[decide].mean().item()
 
 
-def validate(engine: Engine, n: int, gen_length: int, block_length: int) -> dict:
-    problems = make_split("validation", n)
+def training_data(args: argparse.Namespace, engine: Engine, n: int
+                  ) -> tuple[list[Problem] | list[Example], list[Problem] | list[Example], Check]:
+    """n training problems, the validation problems and how both are scored: the built-in
+    task's splits, or --data's file. A bad file stops the run here, before any rollout, with a
+    one-line `error: FILE:LINE: ...` and status 2."""
+    val_n = args.val_n if args.val_every else 0
+    try:
+        if args.data is None:
+            if args.checker is not None:
+                raise DataError("--checker scores --data files; the built-in task keeps its own")
+            return make_split("train", n), make_split("validation", val_n), check_answer
+        checker = args.checker or DEFAULT_CHECKER
+        examples = load_jsonl(args.data, engine.tokenizer, checker,
+                              engine.cfg.max_sequence_length - args.gen_length)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return repeat(examples, n, args.seed), examples[:val_n], make_checker(checker)
+
+
+def validate(engine: Engine, problems: list[Problem] | list[Example], check: Check,
+             gen_length: int, block_length: int) -> dict:
+    n = len(problems)
     reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "learned",
                               {"policy": TRAIN_POLICY}, gen_length=gen_length,
                               block_length=block_length, steps=gen_length) for p in problems]
@@ -355,7 +394,7 @@ def validate(engine: Engine, n: int, gen_length: int, block_length: int) -> dict
         results = engine.generate(reqs)
     finally:
         STORE.policies[TRAIN_POLICY].record = True
-    acc = sum(check_answer(r.text, p.value) for r, p in zip(results, problems)) / n
+    acc = sum(check(r.text, p.value) for r, p in zip(results, problems)) / n
     return {"val_accuracy": acc, "val_nfe": sum(r.nfe for r in results) / n}
 
 
@@ -399,7 +438,8 @@ def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world
         "default": args.default,
         "training": {
             "command": "unmaskd train-policy " + " ".join(argv),
-            "data": "tasks.arithmetic train split", "iterations": args.iterations,
+            "data": f"{args.data} (checker {args.checker or DEFAULT_CHECKER})" if args.data
+            else "tasks.arithmetic train split", "iterations": args.iterations,
             "group_size": args.group_size, "prompts_per_step": args.prompts_per_step,
             "world_size": world, "lr": args.lr, "mu": args.mu, "clip": args.clip,
             "expert_rollouts": args.expert_rollouts, "expert_threshold": args.expert_threshold,
