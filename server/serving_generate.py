@@ -257,7 +257,15 @@ async def _disconnected(request: Request) -> None:
 
 
 def sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=True, allow_nan=False)}\n\n"
+    """One server-sent event of UTF-8 JSON (the masks read "░", not "\\u2591"). A lone
+    surrogate (a plugin echoing a client's string) has no UTF-8 form: such an event is sent
+    as escaped JSON, which carries it, rather than breaking the stream."""
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(data, allow_nan=False)
+    return f"data: {text}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"

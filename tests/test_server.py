@@ -10,11 +10,13 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -24,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from tokenizers import Tokenizer
 from unmaskd.engine.loop import Engine
-from unmaskd.sampler_plugins import Sampler, get_sampler, registered_samplers
+from unmaskd.sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
 from unmaskd.server.app import create_app
 from unmaskd.server.settings import ServerSettings, parse_settings
 
@@ -133,8 +135,6 @@ def test_api_key_is_required_except_on_probes(server):
 def test_playground_page_speaks_the_generate_api(server):
     """The page is served without a key (its own calls send one) and every field its script
     posts to /generate is a GenerateRequest field, with streaming on."""
-    import re
-
     from unmaskd.server.protocol import GenerateRequest
 
     r = httpx.get(server.url + "/playground")
@@ -206,6 +206,27 @@ def test_generate_stream_sends_every_step_then_the_result(client):
         decided |= set(e["committed"])
         assert e["canvas"].count("░") == 12 - len(decided)
     assert decided == set(range(12))
+
+
+def test_stream_events_are_utf8_json(client):
+    """The canvas arrives with its masks as "░", as the README shows, not as "\\u2591"."""
+    with client.stream("POST", "/generate", json={"prompt": PROMPT, "max_new_tokens": 8,
+                                                  "stream": True}) as r:
+        raw = r.read()
+    assert "░".encode() in raw and b"\\u2591" not in raw
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+def test_the_readme_curl_examples_work(client):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = re.findall(r"^curl .*?(?=\n```)", readme, re.S | re.M)
+    assert len(commands) >= 2
+    for cmd in commands:
+        path = re.search(r"localhost:8000(/\S+)", cmd).group(1)
+        headers = dict(h.split(": ", 1) for h in re.findall(r"-H '([^']*)'", cmd))
+        body = re.search(r"-d '(.*)'", cmd, re.S).group(1)
+        r = client.post(path, content=body.encode(), headers=headers)
+        assert r.status_code == 200, (cmd, r.text)
 
 
 def test_batched_results_equal_sequential_ones(client):
@@ -555,6 +576,33 @@ def test_a_burst_waits_for_free_batch_slots_instead_of_getting_429(engine, tiny_
         Gate.opened.set()
         codes = sorted(f.result() for f in burst)
     assert held.result() == 200 and codes == [200] * 5 + [429]
+
+
+class Echo(Sampler):
+    """A plugin with a free-text parameter, echoed back in the result's sampler_params."""
+
+    name = "echo"
+
+    class Params(SamplerParams):
+        note: str = ""
+
+    def select(self, view):
+        return view.candidate
+
+
+def test_a_stream_carries_a_lone_surrogate_a_plugin_echoes(engine, tiny_model_dir,
+                                                           monkeypatch):
+    """Such a string has no UTF-8 form: its event goes out as escaped JSON, the stream goes on."""
+    monkeypatch.setitem(registered_samplers(), "echo", Echo)
+    app = create_app(ServerSettings(model=tiny_model_dir), engine)
+    with TestClient(app) as tc:
+        body = {"prompt": PROMPT, "sampler": "echo", "stream": True,
+                "sampler_params": {"note": "\ud800"}}
+        r = tc.post("/generate", content=json.dumps(body),  # escaped: httpx cannot encode it
+                    headers={"content-type": "application/json"})
+        events = sse_payloads(r.iter_lines())
+    assert events[-1] == "[DONE]" and events[-2]["sampler_params"] == {"note": "\ud800"}
+    assert "░" in events[0]["canvas"]
 
 
 def test_health_is_503_when_the_engine_loop_dies(engine, tiny_model_dir):
