@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from unmaskd.dllm import EMBEDDED_MODEL_DIR
-from unmaskd.engine.cli import load_policies
+from unmaskd.engine.model_args import load_policies
 from unmaskd.engine.evaluate import format_table, plot_pareto, run_eval
 from unmaskd.engine.loop import Engine
 

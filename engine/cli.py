@@ -13,40 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from unmaskd.dllm import EMBEDDED_MODEL_DIR
-
-
-def _engine(args):
-    import torch
-    from unmaskd.engine.loop import Engine
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    engine = Engine.from_dir(args.model, device=args.device, mask_token_id=args.mask_token_id,
-                             default_gen_length=args.default_gen_length)
-    load_policies(args.policies or args.model / "policies", args.model)
-    return engine
-
-
-def load_policies(policies_dir: Path, model_dir: Path) -> list[str]:
-    """Load the learned policies trained for this model (none is fine: `learned` then says so)."""
-    from unmaskd.sampler_plugins.policy_store import STORE, model_fingerprint
-
-    if not Path(policies_dir).is_dir():
-        return []
-    return STORE.load_dir(policies_dir, model_fingerprint(model_dir))
-
-
-def _add_model_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--model", type=Path, default=EMBEDDED_MODEL_DIR,
-                    help="LLaDA-format checkpoint folder (default: the embedded model)")
-    ap.add_argument("--policies", type=Path, default=None,
-                    help="folder of learned policies (default: MODEL/policies)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--mask-token-id", type=int, default=None,
-                    help="override config.json's mask_token_id (LLaDA-8B: 126336)")
-    ap.add_argument("--default-gen-length", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+from unmaskd.engine.model_args import (
+    add_model_args,
+    block_length_arg,
+    engine_from_args,
+    resolve_block_length,
+)
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -56,23 +28,6 @@ def _param(text: str) -> tuple[str, object]:
     if not eq:
         raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {text!r}")
     return key, _value(value)
-
-
-def block_length_arg(text: str) -> int | str:
-    """`--block-length N` or `full` (one block over the whole canvas: full diffusion)."""
-    if text == "full":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
-    return value
-
-
-def resolve_block_length(block: int | str | None, gen_length: int) -> int | None:
-    return gen_length if block == "full" else block
 
 
 def cmd_generate(argv: list[str]) -> int:
@@ -91,9 +46,9 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("--stop-at-eos", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the full result object")
     ap.add_argument("--show-steps", action="store_true", help="print the canvas after each step")
-    _add_model_args(ap)
+    add_model_args(ap)
     args = ap.parse_args(argv)
-    engine = _engine(args)
+    engine = engine_from_args(args)
     prompt = args.prompt.replace("\\n", "\n")
     req = GenerationRequest(
         prompt_ids=engine.tokenizer(prompt)["input_ids"], sampler=args.sampler,
@@ -156,9 +111,9 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--json", type=Path, help="results, rewritten after each configuration")
     ap.add_argument("--plot", type=Path)
-    _add_model_args(ap)
+    add_model_args(ap)
     args = ap.parse_args(argv)
-    engine = _engine(args)
+    engine = engine_from_args(args)
     block_length = resolve_block_length(args.block_length,
                                          args.gen_length or engine.default_gen_length)
     try:

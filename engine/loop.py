@@ -86,6 +86,7 @@ class StepReport:
     batch_size: int
     forward_s: float  # the dLLM forward (host time: on a GPU, launch time unless synchronised)
     sampler_s: float  # time inside the samplers' select()
+    cache_bytes: int = 0  # memory held by the batch's key/value cache after the step
 
 
 class Engine:
@@ -343,7 +344,10 @@ class Engine:
             self._sync_out()
             self.active = [s for s in seqs if s not in finished]
             self._dirty = True
-        return StepReport([self._result(s) for s in finished], events, B, forward_s, t2 - t1)
+            if not self.active:  # free the cache now, not when the next request arrives
+                self.kv = None
+        return StepReport([self._result(s) for s in finished], events, B, forward_s, t2 - t1,
+                          self.cache_bytes)
 
     def _enforce(self, commit, candidate, prob, step_in_block) -> torch.Tensor:
         """The invariants, whatever the sampler returned."""

@@ -45,8 +45,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from unmaskd.engine.cli import block_length_arg, resolve_block_length
 from unmaskd.engine.loop import Engine
+from unmaskd.engine.model_args import (
+    add_model_args,
+    block_length_arg,
+    engine_from_args,
+    resolve_block_length,
+)
 from unmaskd.engine.sequence import GenerationRequest, SequenceResult
 from unmaskd.sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
 from unmaskd.sampler_plugins.policy_store import (
@@ -85,7 +90,7 @@ def task_reward(alpha: float, check: Check = check_answer) -> RewardFn:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="unmaskd train-policy", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=None, help="dLLM folder (default: embedded)")
+    add_model_args(ap, serving=False)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default=None, help="policy name (default: the --out folder name)")
     ap.add_argument("--gen-length", type=int, default=48)
@@ -120,9 +125,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-every", type=int, default=0)
     ap.add_argument("--val-n", type=int, default=100)
     ap.add_argument("--ckpt-every", type=int, default=5)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--default", action="store_true", help="mark as the default for its mode")
     args = ap.parse_args(argv)
     if args.expert_rollouts < 0:
@@ -183,12 +185,8 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
-    from unmaskd.dllm import EMBEDDED_MODEL_DIR
-
-    model_dir = args.model or EMBEDDED_MODEL_DIR
-    dtype = getattr(torch, args.dtype)
-    engine = Engine.from_dir(model_dir, device=args.device, dtype=dtype,
-                             default_gen_length=args.gen_length)
+    model_dir = args.model
+    engine = engine_from_args(args, default_gen_length=args.gen_length)
     L = args.gen_length
     block_length = resolve_block_length(args.block_length, L)
     problems, val_problems, check = training_data(

@@ -209,7 +209,7 @@ def _routes() -> APIRouter:
             return SafeJSONResponse({"status": "shutting down"}, status_code=503)
         if not service.scheduler.alive:
             return SafeJSONResponse({"status": "engine loop not running"}, status_code=503)
-        return SafeJSONResponse({"status": "ok"})
+        return SafeJSONResponse({"status": "ok", "cache": service.engine.cache})
 
     @router.get("/metrics", tags=["ops"])
     async def metrics(request: Request) -> Response:
@@ -237,6 +237,7 @@ def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | N
     (dicts of metadata) for GET /samplers and the default-sampler choice."""
     model_name = Path(settings.model).resolve().name
     metrics = Metrics(model_name)
+    metrics.engine.info({"cache": engine.cache, "model_type": engine.cfg.model_type})
     scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.max_queue)
     experiments = Experiments(ab_config or ABConfig(), settings.ab_min_samples)
     service = GenerationService(engine, scheduler, metrics, experiments, model_name, policies)
@@ -311,20 +312,19 @@ def serve_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"error: --ab-config: {e}", file=sys.stderr)
         return 2
-    import torch
+    from unmaskd.engine.model_args import build_engine
+    from unmaskd.sampler_plugins.policy_store import STORE
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     try:
-        engine = Engine.from_dir(settings.model, device=settings.device)
+        engine = build_engine(settings.model, settings.device, settings.dtype,
+                              settings.mask_token_id, settings.cache,
+                              settings.policies or settings.model / "policies",
+                              threads=settings.threads)
     except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
         return 2
-    from unmaskd.engine.model_args import load_policies
-    from unmaskd.sampler_plugins.policy_store import STORE
-
-    loaded = load_policies(settings.policies or settings.model / "policies", settings.model)
-    logging.getLogger(__name__).info("learned policies loaded: %s", loaded or "none")
+    logging.getLogger(__name__).info("cache %s; learned policies loaded: %s", settings.cache,
+                                     sorted(STORE.policies) or "none")
     app = create_app(settings, engine, ab_config, policies=STORE.describe)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                             timeout_graceful_shutdown=5)

@@ -15,6 +15,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -65,6 +66,11 @@ class Metrics:
                              ["model"], registry=r)
         self.waiting = Gauge("unmaskd_requests_waiting", "Requests queued for a batch slot",
                              ["model"], registry=r)
+        self.kv_cache_bytes = Gauge(
+            "unmaskd_kv_cache_bytes", "Memory held by the decoding batch's key/value cache",
+            ["model"], registry=r)
+        self.engine = Info("unmaskd_engine", "How the engine decodes (server-wide settings)",
+                           registry=r)
 
     def request_finished(self, sampler: str, arm: str | None, status: str, *, gen_length: int,
                          nfe: int, prompt_tokens: int, queue_s: float, total_s: float) -> None:
@@ -85,8 +91,10 @@ class Metrics:
         or failed."""
         self.requests.labels(self.model, sampler, arm or "", status).inc()
 
-    def step(self, duration_s: float, batch_size: int, sampler_s: float) -> None:
+    def step(self, duration_s: float, batch_size: int, sampler_s: float,
+             cache_bytes: int) -> None:
         self.step_duration.labels(self.model).observe(duration_s)
+        self.kv_cache_bytes.labels(self.model).set(cache_bytes)
         self.batch_size.labels(self.model).observe(batch_size)
         self.sampler_overhead.labels(self.model).observe(sampler_s)
 

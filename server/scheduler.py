@@ -233,7 +233,7 @@ class Scheduler:
                                        "error")
             return
         now = time.perf_counter()
-        self.metrics.step(now - t0, report.batch_size, report.sampler_s)
+        self.metrics.step(now - t0, report.batch_size, report.sampler_s, report.cache_bytes)
         out: list[tuple[Job, StepEvent | Outcome]] = []
         for event in report.events:
             if (job := self._running.get(event.request_id)) is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
@@ -44,6 +45,13 @@ class ServerSettings(BaseSettings):
     shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds to finish in-flight requests after SIGTERM")
     device: str = Field("cpu", description="torch device for the model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype (auto: config's torch_dtype on CUDA, float32 on CPU)")
+    mask_token_id: int | None = Field(
+        None, ge=0, description="override config.json's mask_token_id (LLaDA-8B: 126336)")
+    cache: Literal["none", "prefix", "dual"] = Field(
+        "none", description="key/value cache for every request: none, or Fast-dLLM's prefix or "
+                            "dual cache")
 
 
 # --help prints the class docstring verbatim; Python < 3.13 keeps its indentation.

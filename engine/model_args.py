@@ -1,0 +1,113 @@
+"""How every command loads a model: one set of flags for generate, eval, train-policy and serve.
+
+    --model DIR  --device cpu|cuda[:N]  --dtype auto|float32|bfloat16|float16
+    --mask-token-id N  --cache none|prefix|dual  --policies DIR
+
+`serve` takes the same names as settings fields (`UNMASKD_DTYPE`, `UNMASKD_CACHE`, ...) and calls
+`build_engine` too. A folder that cannot be loaded is one line on stderr and exit status 2, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.engine.kv_cache import CACHE_MODES
+from unmaskd.engine.loop import Engine
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(dtype: str, device: str, model_dir: Path) -> torch.dtype:
+    """auto: the checkpoint's `torch_dtype` on CUDA (an 8B model in bf16, not fp32), float32 on
+    the CPU (where bf16 matmuls are slow and fp16 ones are missing)."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if not str(device).startswith("cuda"):
+        return torch.float32
+    from unmaskd.dllm.checkpoint import read_config
+
+    name = read_config(model_dir).get("torch_dtype", "float32")
+    return getattr(torch, name) if name in DTYPES else torch.float32
+
+
+def load_policies(policies_dir: Path, model_dir: Path) -> list[str]:
+    """Load the learned policies trained for this model (none is fine: `learned` then says so)."""
+    from unmaskd.sampler_plugins.policy_store import STORE, model_fingerprint
+
+    if not Path(policies_dir).is_dir():
+        return []
+    return STORE.load_dir(policies_dir, model_fingerprint(model_dir))
+
+
+def build_engine(model: Path, device: str = "cpu", dtype: str = "auto",
+                 mask_token_id: int | None = None, cache: str = "none",
+                 policies: Path | None = None, default_gen_length: int = 48,
+                 threads: int = 0) -> Engine:
+    """The engine, and the policies in `policies` if given; raises the loader's error
+    (CheckpointError, ConfigError, OSError) for the caller to report."""
+    if threads:
+        torch.set_num_threads(threads)
+    engine = Engine.from_dir(model, device=device, dtype=resolve_dtype(dtype, device, model),
+                             mask_token_id=mask_token_id, default_gen_length=default_gen_length,
+                             cache=cache)
+    if policies is not None:
+        load_policies(policies, model)
+    return engine
+
+
+def add_model_args(ap: argparse.ArgumentParser, serving: bool = True) -> None:
+    """The model flags; `serving` adds --policies and --default-gen-length (not for training)."""
+    ap.add_argument("--model", type=Path, default=EMBEDDED_MODEL_DIR,
+                    help="checkpoint folder: config.json, safetensors, tokenizer.json "
+                         "(default: the embedded model)")
+    if serving:
+        ap.add_argument("--policies", type=Path, default=None,
+                        help="folder of learned policies (default: MODEL/policies)")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    ap.add_argument("--dtype", default="auto", choices=DTYPES,
+                    help="weights' dtype (auto: config's torch_dtype on CUDA, float32 on CPU)")
+    ap.add_argument("--mask-token-id", type=int, default=None,
+                    help="override config.json's mask_token_id (LLaDA-8B: 126336)")
+    ap.add_argument("--cache", default="none", choices=CACHE_MODES,
+                    help="key/value cache: none, or Fast-dLLM's prefix or dual cache")
+    if serving:
+        ap.add_argument("--default-gen-length", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
+
+def engine_from_args(args: argparse.Namespace, default_gen_length: int | None = None) -> Engine:
+    """The engine the model flags describe (with MODEL/policies unless --policies says
+    otherwise, when the command serves); one line and exit status 2 if it cannot load."""
+    from unmaskd.dllm.checkpoint import CheckpointError, ConfigError
+
+    serving = hasattr(args, "policies")
+    policies = (args.policies or args.model / "policies") if serving else None
+    gen_length = default_gen_length or getattr(args, "default_gen_length", 48)
+    try:
+        return build_engine(args.model, args.device, args.dtype, args.mask_token_id, args.cache,
+                            policies, gen_length, args.threads)
+    except (CheckpointError, ConfigError, OSError) as e:
+        print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def block_length_arg(text: str) -> int | str:
+    """`--block-length N` or `full` (one block over the whole canvas: full diffusion)."""
+    if text == "full":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
+    return value
+
+
+def resolve_block_length(block: int | str | None, gen_length: int) -> int | None:
+    return gen_length if block == "full" else block
