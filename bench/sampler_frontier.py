@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 from unmaskd.dllm import EMBEDDED_MODEL_DIR
-from unmaskd.engine.model_args import load_policies
 from unmaskd.engine.evaluate import format_table, plot_pareto, run_eval
 from unmaskd.engine.loop import Engine
+from unmaskd.engine.model_args import load_policies
 
 L = 48
 # steps must be a multiple of the number of blocks: 4 in block mode, 1 in full diffusion

@@ -139,8 +139,8 @@ def check_engine(n: int = 128) -> bool:
     differ in the last bits (fp32 kernel vs fp64 reference), so their matches are reported;
     accuracy is printed as a sanity check."""
     from unmaskd.dllm import EMBEDDED_MODEL_DIR
-    from unmaskd.engine.model_args import load_policies
     from unmaskd.engine.loop import Engine
+    from unmaskd.engine.model_args import load_policies
     from unmaskd.engine.sequence import GenerationRequest
     from unmaskd.tasks.arithmetic import check_answer, make_split
 
