@@ -117,7 +117,7 @@ def _finite(x: Any) -> float | None:
 
 # ---- definitions ---------------------------------------------------------------------------------
 class ArmSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     sampler: str
     sampler_params: dict[str, Any] = Field(default_factory=dict)
@@ -127,7 +127,7 @@ class ArmSpec(BaseModel):
 
 
 class ExperimentSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     arms: dict[str, ArmSpec] = Field(min_length=1, max_length=MAX_ARMS)
 
@@ -147,7 +147,7 @@ class ABConfig(BaseModel):
 
 
 class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     request_id: str
     score: float = Field(ge=0, le=1, allow_inf_nan=False)

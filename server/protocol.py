@@ -2,7 +2,9 @@
 
 `/generate` is unmaskd's own API and rejects unknown fields (a misspelt knob should not be
 silently ignored). The `/v1` bodies follow OpenAI's and also reject unknown fields, as OpenAI
-does; unmaskd's decoding knobs ride along in them (the `openai` client's `extra_body`).
+does; unmaskd's decoding knobs ride along in them (the `openai` client's `extra_body`). Request
+models are strict: booleans and numbers must be JSON booleans and numbers (`"stream": "yes"` or
+`1` is a 422, not a true).
 """
 
 from __future__ import annotations
@@ -52,14 +54,14 @@ def openai_error(status: int, field: str | None, message: str,
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
@@ -74,7 +76,7 @@ class ChatMessage(BaseModel):
 class DecodingOptions(BaseModel):
     """unmaskd's decoding knobs, shared by /generate and the /v1 endpoints."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     sampler: str | None = Field(None, description="registered sampler; default: the server's")
     sampler_params: dict[str, Any] = Field(default_factory=dict)
@@ -87,16 +89,6 @@ class DecodingOptions(BaseModel):
         None, description="expected final answer, scored with tasks.arithmetic.check_answer")
 
     _finite_params = field_validator("sampler_params")(check_finite)
-
-    @field_validator("reference", mode="before")
-    @classmethod
-    def _integer_answer(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise ValueError("must be an integer answer") from None
-        return value
 
 
 class GenerateRequest(DecodingOptions):
@@ -132,6 +124,8 @@ class GenerateResponse(BaseModel):
 
 # ---- OpenAI-compatible bodies ----------------------------------------------------------------
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 

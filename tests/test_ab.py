@@ -247,6 +247,7 @@ def test_report_statistics_end_to_end(client):
     ({"a": {"sampler": "random", "colour": "red"}}, "arms"),
     ({f"arm{i}": {"sampler": "random"} for i in range(17)}, "arms"),
     ({"a" * 65: {"sampler": "random"}}, "arms"),
+    ({"a": {"sampler": "random", "weight": "2"}}, "arms"),
 ])
 def test_put_validates_every_arm(client, arms, field):
     r = client.put("/ab/invalid", json={"arms": arms})
@@ -261,8 +262,9 @@ def test_unknown_experiments_and_bad_feedback(client):
     assert client.post("/ab/nope/feedback", json={"request_id": "x", "score": 1}).status_code == 404
     r = client.post("/ab/speed/feedback", json={"request_id": "gen-unknown", "score": 1})
     assert r.status_code == 404 and r.json()["field"] == "request_id"
-    r = client.post("/ab/speed/feedback", json={"request_id": "x", "score": 1.5})
-    assert r.status_code == 422 and r.json()["field"] == "score"
+    for score in (1.5, "1", True):
+        r = client.post("/ab/speed/feedback", json={"request_id": "x", "score": score})
+        assert r.status_code == 422 and r.json()["field"] == "score", r.text
 
 
 def test_bad_ab_config_stops_startup(tmp_path, tiny_model_dir):

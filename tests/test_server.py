@@ -114,7 +114,7 @@ def generate(client: httpx.Client, **body) -> dict:
 
 # ---- basics --------------------------------------------------------------------------------------
 def test_health_metrics_and_models_endpoints(server, client, model_name):
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no key needed
+    assert httpx.get(server.url + "/health").json() == {"status": "ok", "cache": "none"}  # no key
     assert httpx.get(server.url + "/metrics").status_code == 200
     models = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY).models.list()
     assert [m.id for m in models.data] == [model_name]
@@ -323,6 +323,17 @@ def test_openai_refuses_fields_meaningless_for_a_dllm(client, model_name, path, 
     assert r.json()["error"]["param"] == field and r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("field,value", [("stream", "yes"), ("stream", 1), ("max_tokens", "8"),
+                                         ("temperature", True), ("stop_at_eos", "false"),
+                                         ("stream_options", {"include_usage": "true"})])
+def test_openai_booleans_and_numbers_must_be_json_ones(client, model_name, path, field, value):
+    base = ({"prompt": PROMPT} if path == "/v1/completions"
+            else {"messages": [{"role": "user", "content": QUESTION}]})
+    r = client.post(path, json={"model": model_name, **base, field: value})
+    assert r.status_code == 422 and r.json()["error"]["param"] == field, r.text
+
+
 def test_openai_errors(client, oai, model_name):
     with pytest.raises(openai.NotFoundError):
         oai.completions.create(model="gpt-4", prompt="x")
@@ -354,6 +365,10 @@ def test_openai_errors(client, oai, model_name):
     ({"reference": "forty"}, "reference"),
     ({"max_new_tokens": "sixteen"}, "max_new_tokens"),
     ({"stream": "sometimes"}, "stream"),
+    ({"stream": "yes"}, "stream"), ({"stream": "true"}, "stream"), ({"stream": 1}, "stream"),
+    ({"return_trace": 0}, "return_trace"), ({"max_new_tokens": "16"}, "max_new_tokens"),
+    ({"temperature": "0.5"}, "temperature"), ({"seed": True}, "seed"),
+    ({"reference": "7"}, "reference"),
     ({"bogus_knob": 1}, "bogus_knob"),
 ])
 def test_bad_generate_requests_are_422_naming_the_field(client, body, field):
