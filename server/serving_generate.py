@@ -111,20 +111,26 @@ class GenerationService:
     async def encode_text(self, text: str, field: str) -> list[int]:
         """Tokenize in a worker thread: a 1 MiB prompt takes seconds, and the fast tokenizer
         releases the GIL, so the event loop keeps serving other requests meanwhile."""
+        check_unicode(text, field)
         try:
             return await asyncio.to_thread(lambda: self.engine.tokenizer(text)["input_ids"])
-        except Exception as e:  # e.g. lone surrogates the tokenizer cannot encode
+        except Exception as e:  # a tokenizer failure is the input's fault, never a 500
             raise ApiError(422, field, f"cannot be tokenized: {e}") from None
 
     async def encode_messages(self, messages: list[ChatMessage], field: str) -> list[int]:
         if not messages:
             raise ApiError(422, field, "must not be empty")
+        for i, m in enumerate(messages):
+            check_unicode(m.text(), f"{field}.{i}.content")
         try:
             text = self.engine.tokenizer.apply_chat_template(
                 [{"role": m.role, "content": m.text()} for m in messages], tokenize=False,
                 add_generation_prompt=True)
         except Exception as e:  # the template may raise on what it cannot render
             raise ApiError(422, field, f"cannot be rendered by the chat template: {e}") from None
+        if not text:  # the embedded model's template renders only a final user message
+            raise ApiError(422, field, "this model's chat template renders them as an empty "
+                           "prompt: end them with a user message")
         return await self.encode_text(text, field)
 
     # ---- requests ---------------------------------------------------------------------------
@@ -237,6 +243,15 @@ class GenerationService:
                 return False
             await asyncio.sleep(0.02)
         return True
+
+
+def check_unicode(text: str, field: str) -> None:
+    """JSON can carry a lone surrogate ("\\ud800"), which is no Unicode text to tokenize."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        raise ApiError(422, field, f"is not valid Unicode text: a lone surrogate "
+                       f"\\u{ord(text[e.start]):04x} at character {e.start}") from None
 
 
 def _outcome(item: Finished | Cancelled | Failed) -> Finished:

@@ -377,6 +377,36 @@ def test_bad_generate_requests_are_422_naming_the_field(client, body, field):
     assert r.json()["field"] == field and field in r.json()["detail"]
 
 
+@pytest.mark.parametrize("path", ["/generate", "/v1/chat/completions"])
+@pytest.mark.parametrize("messages,field,says", [
+    ([{"role": "system", "content": "Be brief."}], "messages", "end them with a user message"),
+    ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "messages",
+     "end them with a user message"),
+    ([{"role": "user", "content": [{"type": "text", "text": "a\udfff"}]}], "messages.0.content",
+     "lone surrogate \\udfff at character 1"),
+])
+def test_chat_refusals_say_what_is_wrong(client, model_name, path, messages, field, says):
+    body = {"messages": messages, **({"model": model_name} if path.startswith("/v1") else {})}
+    r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"] if path.startswith("/v1") else r.json()
+    assert error.get("param", error.get("field")) == field
+    detail = error.get("message", error.get("detail"))
+    assert detail.startswith(f"{field}: ") and says in detail and "Text" not in detail
+
+
+@pytest.mark.parametrize("path,prompt", [("/generate", "\ud800"), ("/v1/completions", "\ud800"),
+                                         ("/v1/completions", ["ok \ud800"])])
+def test_a_lone_surrogate_in_a_prompt_is_named(client, model_name, path, prompt):
+    body = {"prompt": prompt, **({"model": model_name} if path.startswith("/v1") else {})}
+    r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"] if path.startswith("/v1") else r.json()
+    assert error.get("param", error.get("field")) == "prompt"
+    assert "not valid Unicode text: a lone surrogate \\ud800" in error.get(
+        "message", error.get("detail"))
+
+
 GARBAGE = [
     b"", b"not json", b"{", b"[]", b"null", b"123", b'"a string"', b"\xff\xfe\x00\x01",
     b"[" * 50_000, b'{"prompt": 5}', b'{"prompt": ["a", 1]}', b'{"prompt": {"a": 1}}',
