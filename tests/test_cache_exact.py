@@ -14,7 +14,6 @@ that ignored its cache could not pass.
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 from dataclasses import dataclass
@@ -103,10 +102,6 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 def make_engine(model_dir: Path, cache: str) -> Engine:
-    # Until the engine takes a `cache` keyword, it decodes without one (the "none" cases run
-    # now; prefix and dual fail here until the cache lands).
-    if cache == "none" and "cache" not in inspect.signature(Engine.from_dir).parameters:
-        return Engine.from_dir(model_dir)
     return Engine.from_dir(model_dir, cache=cache)
 
 
