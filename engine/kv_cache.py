@@ -51,11 +51,14 @@ class KVCache:
             return k, v, None
         return write
 
-    def attend(self, rows: torch.Tensor | None, cols: torch.Tensor) -> KVWriter:
-        """Writer for a forward of `rows` over `cols` [n, Q] (column T for padded slots)."""
+    def attend(self, rows: torch.Tensor | None, cols: torch.Tensor,
+               bias: torch.Tensor | None = None) -> KVWriter:
+        """Writer for a forward of `rows` over `cols` [n, Q] (column T for padded slots);
+        `bias` [n, 1, Q, T + 1] replaces the key-padding mask (block-causal attention)."""
         n = cols.shape[0]
         row_index = (torch.arange(n, device=cols.device) if rows is None else rows)[:, None]
-        bias = self.key_bias if rows is None else self.key_bias[rows]
+        if bias is None:
+            bias = self.key_bias if rows is None else self.key_bias[rows]
 
         def write(layer: int, k: torch.Tensor, v: torch.Tensor):
             # [n, H, Q, d] -> [n, Q, H, d]: advanced indices (rows, cols) come first

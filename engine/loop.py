@@ -100,6 +100,9 @@ class Engine:
         self.device = torch.device(device)
         self.cache = cache
         self.kv: KVCache | None = None
+        # Block-diffusion models (block-causal attention) decode blocks aligned to position 0
+        # over an exact cache of finished blocks; the model says so, not its family.
+        self.aligned_block = model.block_size if getattr(model, "block_causal", False) else None
         self.default_gen_length = default_gen_length
         self.mask_id = self.cfg.mask_token_id
         self.eos_id = self.cfg.eos_token_id
@@ -125,7 +128,8 @@ class Engine:
     # ---- requests in and out ------------------------------------------------------------
     def validate(self, req: GenerationRequest) -> ValidatedRequest:
         return validate(req, self.default_gen_length, self.cfg.max_sequence_length,
-                        self.cfg.vocab_size)
+                        self.cfg.vocab_size, self.aligned_block,
+                        getattr(self.model, "default_block_length", None) == "full")
 
     def add(self, req: GenerationRequest | ValidatedRequest) -> int:
         vr = req if isinstance(req, ValidatedRequest) else self.validate(req)
@@ -201,7 +205,7 @@ class Engine:
         self.grid_token = torch.zeros((B, W), dtype=torch.long, device=dev)
         self.grid_stats = torch.zeros((B, 4, W), dtype=torch.float32, device=dev)
         self.kv = None
-        if self.cache != "none":
+        if self.cache != "none" or self.aligned_block is not None:
             dtype = next(self.model.parameters()).dtype
             self.kv = KVCache(self.model.kv_layout, self.attn, dtype)
         for b, s in enumerate(seqs):
@@ -217,7 +221,13 @@ class Engine:
                                       device=dev)
         self.block_len = torch.tensor([s.vr.block_length for s in seqs], device=dev)
         self.steps_per_block = torch.tensor(
-            [s.vr.steps // (s.vr.gen_length // s.vr.block_length) for s in seqs], device=dev)
+            [s.vr.steps * s.vr.block_length // (s.vr.block_offset + s.vr.gen_length)
+             for s in seqs], device=dev)
+        self.block_offset_host = torch.tensor([s.vr.block_offset for s in seqs])
+        if self.aligned_block is not None:  # each key's block, past the end for padding
+            blocks = self.positions // self.block_len[:, None]
+            self.key_block = torch.cat([torch.where(self.attn, blocks, P + W),
+                                        torch.full((B, 1), P + W, device=dev)], -1)
         self.gen_len = torch.tensor([s.vr.gen_length for s in seqs], device=dev)
         self.stop_at_eos = torch.tensor([s.vr.request.stop_at_eos for s in seqs], device=dev)
         self.block_len_host, self.valid_host = self.block_len.cpu(), valid
@@ -267,8 +277,8 @@ class Engine:
         step_in_block = self.step_in_block_host.to(dev)
         nfe = self.nfe_host.to(dev)
         col = torch.arange(W)
-        block_start = self.block_host * self.block_len_host
-        block_end = block_start + self.block_len_host
+        block_end = (self.block_host + 1) * self.block_len_host - self.block_offset_host
+        block_start = (block_end - self.block_len_host).clamp(min=0)
         in_block_host = (col >= block_start[:, None]) & (col < block_end[:, None])
         t0 = time.perf_counter()
         parts, fresh = self._forward(block_start, block_end)
@@ -308,6 +318,7 @@ class Engine:
                 **{k: v[row_idx] for k, v in grid.items()}, candidate=candidate[row_idx],
                 masked=masked[row_idx], in_block=in_block[row_idx],
                 valid=self.valid[row_idx], step_in_block=step_in_block[row_idx],
+                block_length=self.block_len[row_idx],
                 steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
                 gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
                 probs=(self._probs(parts, row_idx) if sampler.needs_probs else None),
@@ -319,10 +330,12 @@ class Engine:
         commit = self._enforce(commit, candidate, grid["prob"], step_in_block)
         canvas = torch.where(commit, grid["token"], canvas)
         self.trace = torch.where(commit, nfe[:, None], self.trace)
-        canvas, eos_done = self._stop_at_eos(canvas, nfe)
+        block_done = ~((canvas == self.mask_id) & self.valid & in_block).any(-1)
+        # Block-diffusion models stop only after a block, as their own generate functions do.
+        canvas, eos_done = self._stop_at_eos(
+            canvas, nfe, block_done if self.aligned_block is not None else None)
         self.ids[:, self.P:] = canvas
         masked = (canvas == self.mask_id) & self.valid
-        block_done = ~(masked & in_block).any(-1)
         all_done = ~masked.any(-1) | eos_done
         watched = self.watched
         # The one host synchronisation of the step.
@@ -360,9 +373,9 @@ class Engine:
         last = (step_in_block + 1 >= self.steps_per_block)[:, None]
         return commit | (last & candidate)
 
-    def _stop_at_eos(self, canvas, nfe):
-        """With stop_at_eos, once everything before the first committed EOS is decided, the
-        rest of the canvas becomes EOS and the row is done."""
+    def _stop_at_eos(self, canvas, nfe, block_done: torch.Tensor | None = None):
+        """With stop_at_eos, once everything before the first committed EOS is decided (and, if
+        given, the current block is), the rest of the canvas becomes EOS and the row is done."""
         W = canvas.shape[1]
         col = torch.arange(W, device=canvas.device)
         is_eos = (canvas == self.eos_id) & self.valid
@@ -370,6 +383,8 @@ class Engine:
         undecided = (canvas == self.mask_id) & self.valid
         prefix_done = ~(undecided & (col < first)).any(-1) & is_eos.any(-1)
         done = prefix_done & self.stop_at_eos
+        if block_done is not None:
+            done = done & block_done
         fill = done[:, None] & undecided
         self.trace = torch.where(fill, nfe[:, None], self.trace)
         return torch.where(fill, self.eos_id, canvas), done
@@ -378,6 +393,8 @@ class Engine:
         """The dLLM's logits for this step. Returns ([(rows, logits [n, Q, V], first)], fresh):
         logits[j, q] belongs to canvas column first[j] + q of batch row rows[j]; fresh [B, W]
         marks the canvas columns that have logits this step. Host tensors but the logits."""
+        if self.aligned_block is not None:
+            return self._forward_aligned(block_start, block_end)
         B, P, W, dev = len(self.active), self.P, self.W, self.device
         off = self.model.logit_offset  # logits at column x predict column x + off
         full = (torch.ones(B, dtype=torch.bool) if self.kv is None
@@ -411,6 +428,49 @@ class Engine:
             fresh[rows] = (col >= first[:, None]) & (col < stop[:, None])
         return parts, fresh
 
+    def _forward_aligned(self, block_start: torch.Tensor, block_end: torch.Tensor):
+        """Block-diffusion models: each row runs a slice that ends with its current block, with
+        the block-causal mask, over the cached keys/values of its earlier blocks (exact: a
+        finished block's never change). The slice starts at the current block, except at a
+        block's first step, where it starts at the finished block before it (writing that
+        block's keys/values in the same forward, where the families spend a forward of its own
+        that is no denoising step), and at a row's first step, where it starts at the prompt
+        (its full blocks are prefilled in the same forward). Without a cache every slice starts
+        at the prompt: the prefix is recomputed, with the same logits."""
+        P, dev, size = self.P, self.device, self.block_len_host
+        current = P - self.block_offset_host + self.block_host * size  # the block's 1st column
+        end = current + size
+        row_start = P - self.prompt_len_host
+        first_step = self.step_in_block_host == 0
+        start = torch.where(first_step, current - size, current)
+        if self.cache == "none":
+            start = row_start
+        start = torch.where(first_step & (self.block_host == 0), row_start, start)
+        off = self.model.logit_offset
+        parts = []
+        wide = (end - start) > 2 * size  # prefills run apart from the block-sized slices
+        for kind in (wide, ~wide):
+            rows = kind.nonzero().flatten()
+            if not len(rows):
+                continue
+            q = torch.arange(int((end[rows] - start[rows]).max()))
+            cols = start[rows, None] + q
+            cols = torch.where(cols < end[rows, None], cols, self.kv.width).to(dev)
+            every = len(rows) == len(self.active)
+            pick = torch.arange(len(rows), device=dev) if every else rows.to(dev)
+            at = (pick[:, None], cols.clamp(max=self.kv.width - 1))
+            positions = self.positions[at]
+            query_block = positions // self.block_len[pick, None]
+            visible = self.key_block[pick][:, None, :] <= query_block[:, :, None]
+            bias = torch.zeros(visible.shape, dtype=self.kv.k[0].dtype, device=dev)
+            bias = bias.masked_fill(~visible, float("-inf"))[:, None]
+            logits = self.model(self.ids[at], positions=positions,
+                                kv=self.kv.attend(None if every else pick, cols, bias))
+            parts.append((rows, logits, start[rows] + off - P))
+        col = torch.arange(self.W)
+        fresh = (col >= block_start[:, None]) & (col < block_end[:, None])
+        return parts, fresh
+
     def _gather(self, parts, need: torch.Tensor):
         """The logits rows of the (row, column) pairs in `need`, and those pairs on the device."""
         rows, cols, logits = [], [], []
@@ -428,7 +488,7 @@ class Engine:
         logits = torch.zeros((len(self.active), self.W, V), device=self.device)
         for part_rows, part_logits, first in parts:
             cols = first[:, None] + torch.arange(part_logits.shape[1])
-            keep = cols < self.W
+            keep = (cols >= 0) & (cols < self.W)
             j, q = keep.nonzero(as_tuple=True)
             logits[part_rows[j].to(self.device), cols[j, q].to(self.device)] = (
                 part_logits[j.to(self.device), q.to(self.device)].float())

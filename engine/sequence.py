@@ -26,7 +26,8 @@ class GenerationRequest:
     sampler: str = "topk_confidence"
     sampler_params: dict = field(default_factory=dict)
     gen_length: int | None = None  # None: the engine's default canvas
-    block_length: int | None = None  # None: L/4, or the largest divisor of L below it
+    block_length: int | None = None  # None: L/4 (or the largest divisor of L below it); L for
+    # models that decode one block by default (Dream)
     steps: int | None = None  # None: gen_length (a cap for adaptive samplers)
     temperature: float = 0.0
     seed: int = 0
@@ -65,6 +66,9 @@ class ValidatedRequest:
     gen_length: int
     block_length: int
     steps: int
+    # Block-diffusion models align blocks to absolute position 0: the first block holds the
+    # prompt's last `block_offset` tokens, so it has block_length - block_offset canvas positions.
+    block_offset: int = 0
 
 
 def parse_sampler_params(sampler: str, raw: dict) -> tuple[type[Sampler], SamplerParams]:
@@ -81,7 +85,11 @@ def parse_sampler_params(sampler: str, raw: dict) -> tuple[type[Sampler], Sample
 
 
 def validate(req: GenerationRequest, default_gen_length: int, max_sequence_length: int,
-             vocab_size: int) -> ValidatedRequest:
+             vocab_size: int, aligned_block: int | None = None,
+             full_block: bool = False) -> ValidatedRequest:
+    """`aligned_block`: the model is block-diffusion with this default block length; blocks are
+    aligned to the prompt's start and the canvas grows until prompt + canvas fill whole blocks.
+    `full_block`: the model decodes the whole canvas as one block unless asked (Dream)."""
     if not req.prompt_ids:
         raise InvalidRequest("prompt", "must not be empty")
     if any(not 0 <= t < vocab_size for t in req.prompt_ids):
@@ -93,24 +101,34 @@ def validate(req: GenerationRequest, default_gen_length: int, max_sequence_lengt
     if room < 1:
         raise InvalidRequest("prompt", f"is {len(req.prompt_ids)} tokens; the model's limit is "
                              f"{max_sequence_length} tokens for prompt + answer")
+    block_offset = 0
+    if aligned_block is not None:
+        block_length = req.block_length if req.block_length is not None else aligned_block
+        if block_length < 1:
+            raise InvalidRequest("block_length", "must be >= 1")
+        block_offset = len(req.prompt_ids) % block_length
+        whole = -(-(len(req.prompt_ids) + gen_length) // block_length) * block_length
+        gen_length = whole - len(req.prompt_ids)
     if gen_length > room:
         raise InvalidRequest("gen_length", f"{gen_length} does not fit: prompt is "
                              f"{len(req.prompt_ids)} tokens, model limit {max_sequence_length}")
-    block_length = (req.block_length if req.block_length is not None
-                    else default_block_length(gen_length))
-    if block_length < 1 or gen_length % block_length:
-        raise InvalidRequest("block_length", f"{block_length} must divide the canvas length "
-                             f"{gen_length}")
-    n_blocks = gen_length // block_length
-    steps = req.steps if req.steps is not None else gen_length
-    if steps < n_blocks or steps % n_blocks or steps > gen_length:
+    if aligned_block is None:
+        block_length = (req.block_length if req.block_length is not None
+                        else gen_length if full_block else default_block_length(gen_length))
+        if block_length < 1 or gen_length % block_length:
+            raise InvalidRequest("block_length", f"{block_length} must divide the canvas length "
+                                 f"{gen_length}")
+    n_blocks = (block_offset + gen_length) // block_length
+    positions = n_blocks * block_length  # canvas positions, and the prompt's tail if aligned
+    steps = req.steps if req.steps is not None else positions
+    if steps < n_blocks or steps % n_blocks or steps > positions:
         raise InvalidRequest("steps", f"{steps} must be a multiple of the number of blocks "
-                             f"({n_blocks}) and at most the canvas length ({gen_length})")
+                             f"({n_blocks}) and at most {positions} (one per position)")
     if not 0.0 <= req.temperature <= 100.0:
         raise InvalidRequest("temperature", "must be in [0, 100]")
     cls, params = parse_sampler_params(req.sampler, req.sampler_params)
     params = cls.finalize(params, gen_length, block_length)
-    return ValidatedRequest(req, cls, params, gen_length, block_length, steps)
+    return ValidatedRequest(req, cls, params, gen_length, block_length, steps, block_offset)
 
 
 def default_block_length(gen_length: int) -> int:

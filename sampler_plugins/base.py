@@ -40,6 +40,8 @@ class StepView:
     valid: torch.Tensor  # [n, W] bool: position is inside this row's canvas
     step_in_block: torch.Tensor  # [n] long: steps already spent on the current block
     steps_per_block: torch.Tensor  # [n] long: the block's step budget
+    block_length: torch.Tensor  # [n] long: B (a block-diffusion model's first block may hold
+    # fewer canvas positions: the prompt's tail fills the rest)
     nfe: torch.Tensor  # [n] long: denoising steps done before this one
     gen_length: torch.Tensor  # [n] long
     rng_keys: torch.Tensor  # [n] int64: per-row counter-based RNG key for this step
@@ -83,10 +85,10 @@ class Sampler:
 
 def linear_schedule_count(view: StepView) -> torch.Tensor:
     """LLaDA's get_num_transfer_tokens: block_length // steps tokens per step, the remainder
-    going to the first steps of the block. Returns [n] counts for this step."""
-    block_len = view.in_block.sum(-1)
-    base = block_len // view.steps_per_block
-    remainder = block_len % view.steps_per_block
+    going to the first steps of the block (computed from B, as block-diffusion models do for
+    their partial first block too). Returns [n] counts for this step."""
+    base = view.block_length // view.steps_per_block
+    remainder = view.block_length % view.steps_per_block
     return base + (view.step_in_block < remainder).long()
 
 

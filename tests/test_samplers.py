@@ -25,6 +25,7 @@ def view(prob, candidate=None, top2=None, entropy=None, step_in_block=0, steps_p
         candidate=cand, masked=cand.clone(), in_block=in_block, valid=torch.ones(n, W, dtype=bool),
         step_in_block=torch.full((n,), step_in_block),
         steps_per_block=torch.full((n,), steps_per_block),
+        block_length=in_block.sum(-1),
         nfe=torch.zeros(n, dtype=torch.long), gen_length=torch.full((n,), W),
         rng_keys=torch.arange(n, dtype=torch.long) + 7, probs=probs,
         states=states if states is not None else [{} for _ in range(n)])
