@@ -19,7 +19,7 @@ _registry: dict[str, type[Sampler]] | None = None
 
 
 def _builtins() -> list[type[Sampler]]:
-    from unmaskd.sampler_plugins.dream_schedule import Entropy, Margin
+    from unmaskd.sampler_plugins.dream_schedule import Entropy, Margin, MaskgitPlus
     from unmaskd.sampler_plugins.eb import EntropyBounded
     from unmaskd.sampler_plugins.factor import Factor
     from unmaskd.sampler_plugins.klass import Klass
@@ -28,8 +28,8 @@ def _builtins() -> list[type[Sampler]]:
     from unmaskd.sampler_plugins.topk_confidence import TopKConfidence
     from unmaskd.sampler_plugins.uniform_random import RandomOrder
 
-    return [RandomOrder, TopKConfidence, Threshold, Factor, Margin, Entropy, EntropyBounded, Klass,
-            Learned]
+    return [RandomOrder, TopKConfidence, Threshold, Factor, MaskgitPlus, Margin, Entropy,
+            EntropyBounded, Klass, Learned]
 
 
 def registered_samplers() -> dict[str, type[Sampler]]:

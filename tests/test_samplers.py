@@ -95,6 +95,18 @@ def test_margin_and_entropy_rank_and_dream_schedule():
     assert picked(e.select(v)) == [0, 1, 2, 3]
 
 
+def test_maskgit_plus_ranks_by_probability_on_dreams_float32_grid():
+    # Dream's alg="maskgit_plus": the proposed token's probability, Dream's schedule
+    s = sampler("maskgit_plus")
+    v = view([0.2, 0.9, 0.4, 0.8, 0.3], top2=[0.1, 0.85, 0.1, 0.1, 0.1], steps_per_block=2)
+    assert picked(s.select(v)) == [1, 3]  # n = int(5 * 0.4995) = 2, by p (margin: [0, 2])
+    # Dream computes n in float32 on torch.linspace's grid: 55 masked at step 35 of 37 gives
+    # 27 (in float64 it would be 26); a fresh sampler per step budget, as the engine builds one
+    # per batch membership
+    v = view(torch.linspace(0.9, 0.1, 55).tolist(), steps_per_block=37, step_in_block=35)
+    assert picked(sampler("maskgit_plus").select(v)) == list(range(27))
+
+
 def test_eb_sampler_prefix_rule():
     s = sampler("eb", gamma=0.5)
     # sorted entropies .1, .2, .3, 1.0: prefix cost = sum - max = 0, .1, .3, .6 -> three
