@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ import torch
 
 # Tests share 2 cores with whatever else runs; oversubscribed BLAS threads are slower.
 torch.set_num_threads(int(os.environ.get("UNMASKD_TEST_THREADS", "1")))
+# Weight digests (the policy fingerprint's cache) go to a private folder, not the user's cache;
+# servers the tests start inherit it.
+os.environ["UNMASKD_CACHE_DIR"] = tempfile.mkdtemp(prefix="unmaskd-test-cache-")
 
 
 def build_tiny_model(out: Path, d_model: int = 32, n_layers: int = 1, seed: int = 0,
@@ -68,6 +72,22 @@ def tiny_engine(tiny_model_dir):
 def long_model_dir(tmp_path_factory) -> Path:
     """The tiny model with a 1024-token context, for tests that need slow requests."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_llada_long"), max_sequence_length=1024)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdar_dir(tmp_path_factory) -> Path:
+    """A tiny random SDAR checkpoint folder (tests/blockdiff_reference.py builds it)."""
+    from blockdiff_reference import build_tiny_sdar
+
+    return build_tiny_sdar(tmp_path_factory.mktemp("tiny_sdar"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llada2_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaDA2 MoE checkpoint folder (tests/blockdiff_reference.py builds it)."""
+    from blockdiff_reference import build_tiny_llada2
+
+    return build_tiny_llada2(tmp_path_factory.mktemp("tiny_llada2"))
 
 
 def free_port() -> int:
