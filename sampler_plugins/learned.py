@@ -6,24 +6,33 @@ an unmask probability s = min(1, beta * sigmoid(b / policy_temperature)). Only t
 block's masked positions are decided (the engine enforces this anyway).
 
 Modes: `bernoulli` draws every position independently (training); `bernoulli-argmax` (serving
-default) commits the most probable position when the draw is empty. The trainer's expert
-steering runs rollouts whose commits follow Fast-dLLM's threshold rule (a policy with
-`expert_threshold` set) while recording the network's likelihood of them.
+default) commits the most probable position when the draw is empty. A policy trained for another
+dLLM runs only when the request says `allow_other_model: true` (the paper's LLaDA-to-Dream
+transfer); the server logs it once per policy and the response's resolved params show it.
+The trainer's expert steering runs rollouts whose commits follow Fast-dLLM's threshold rule (a
+policy with `expert_threshold` set) while recording the network's likelihood of them.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from unmaskd.kernels import policy_features
 from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, counter_uniform
 from unmaskd.sampler_plugins.policy_net import bernoulli_log_prob, unmask_probs
 from unmaskd.sampler_plugins.policy_store import STORE, device_of
 
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # policies already logged as used on another dLLM
+
 
 class LearnedParams(SamplerParams):
+    # before `policy`, whose check reads it
+    allow_other_model: bool = Field(False, description="use a policy trained for another dLLM "
+                                                       "(its fingerprint check is skipped)")
     policy: str | None = Field(None, validate_default=True,
                                description="policy name; default: the one trained for the "
                                            "request's block length")
@@ -35,12 +44,19 @@ class LearnedParams(SamplerParams):
 
     @field_validator("policy")
     @classmethod
-    def _known(cls, name: str | None) -> str | None:
+    def _known(cls, name: str | None, info: ValidationInfo) -> str | None:
+        allow = info.data.get("allow_other_model", False)
+        if name is not None and allow and name in STORE.other_model:
+            return name
         if name is not None and name in STORE.skipped:
-            raise ValueError(f"policy {name!r} was not loaded: {STORE.skipped[name]}; "
+            hint = ("; sampler_params.allow_other_model=true uses it anyway"
+                    if name in STORE.other_model else "")
+            raise ValueError(f"policy {name!r} was not loaded: {STORE.skipped[name]}{hint}; "
                              f"loaded: {sorted(STORE.policies)}")
         if name is not None and name not in STORE.policies:
             raise ValueError(f"unknown policy {name!r}; loaded: {sorted(STORE.policies)}")
+        if name is None and not STORE.policies and allow and STORE.other_model:
+            return name
         if name is None and not STORE.policies and STORE.skipped:
             first, why = min(STORE.skipped.items())
             raise ValueError(f"no learned policy is loaded ({len(STORE.skipped)} skipped at "
@@ -57,9 +73,15 @@ class Learned(Sampler):
 
     @classmethod
     def finalize(cls, params: LearnedParams, gen_length: int, block_length: int) -> LearnedParams:
-        if params.policy is not None:
-            return params
-        return params.model_copy(update={"policy": STORE.default_for(block_length)})
+        if params.policy is None:
+            params = params.model_copy(update={"policy": STORE.default_for(
+                block_length, params.allow_other_model)})
+        if params.policy not in STORE.policies and params.policy not in _warned:
+            _warned.add(params.policy)
+            log.warning("policy %r is used on another dLLM than it was trained for, as a request "
+                        "asked (allow_other_model): %s", params.policy,
+                        STORE.skipped.get(params.policy))
+        return params
 
     def __init__(self, params, device):
         super().__init__(params, device)
@@ -78,7 +100,7 @@ class Learned(Sampler):
         (the trainer's recording rollouts keep the raw features for the loss instead)."""
         if len(self.by_policy) != 1:
             return None
-        policy = STORE.policies[self.by_policy[0][0]]
+        policy = STORE.get(self.by_policy[0][0])
         if policy.record or policy.expert_threshold is not None:
             return None
         return policy.net.input.weight, policy.net.input.bias, policy.net.features
@@ -86,7 +108,7 @@ class Learned(Sampler):
     def select(self, view: StepView) -> torch.Tensor:
         commit = torch.zeros_like(view.candidate)
         for name, rows, idx in self.by_policy:
-            commit[idx] = self._decide(STORE.policies[name], view, idx, rows)
+            commit[idx] = self._decide(STORE.get(name), view, idx, rows)
         return commit
 
     @torch.no_grad()

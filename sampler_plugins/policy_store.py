@@ -2,8 +2,10 @@
 
 A policy is a folder: `policy.safetensors` (weights) + `policy.json` (architecture, features, the
 dLLM it was trained for, block length, alpha, training data and command). Nothing is unpickled.
-A policy trained for another dLLM, whose weights file is not the one policy.json records
-(SHA-256), or whose weights do not match its architecture, is refused.
+A policy whose weights file is not the one policy.json records (SHA-256), or whose weights do
+not match its architecture, is refused. One trained for another dLLM is refused too, unless a
+request asks for it explicitly (`allow_other_model`: the paper's transfer of a policy from
+LLaDA to Dream); such policies are kept aside, fully checked, in `PolicyStore.other_model`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ RACY_NS = 2_000_000_000  # files changed less than this long ago are hashed but 
 
 class PolicyError(ValueError):
     """A policy file is unreadable, malformed, or made for another model."""
+
+
+class OtherModelError(PolicyError):
+    """The policy is sound but was trained for another dLLM (its fingerprint differs)."""
 
 
 def cache_dir() -> Path:
@@ -137,7 +143,7 @@ def load_policy(policy_dir: str | Path, fingerprint: str | None) -> Policy:
         raise PolicyError(f"policy.json: malformed ({e!r})") from None
     trained_for = meta.get("model", {}).get("fingerprint")
     if fingerprint is not None and trained_for != fingerprint:
-        raise PolicyError(f"trained for dLLM {meta.get('model', {}).get('name')!r} "
+        raise OtherModelError(f"trained for dLLM {meta.get('model', {}).get('name')!r} "
                           f"(fingerprint {trained_for}), not the loaded one ({fingerprint}): "
                           "another checkpoint, or its weights changed")
     try:  # read once: the bytes hashed are the bytes loaded
@@ -169,32 +175,51 @@ class PolicyStore:
         self.policies: dict[str, Policy] = {}
         # name -> why load_dir refused it, so "unknown policy" can say why (422, GET /samplers)
         self.skipped: dict[str, str] = {}
+        # refused only for being trained for another dLLM: usable when a request insists
+        self.other_model: dict[str, Policy] = {}
 
     def add(self, policy: Policy) -> None:
         self.policies[policy.name] = policy
         self.skipped.pop(policy.name, None)
+        self.other_model.pop(policy.name, None)
 
     def remove(self, name: str) -> None:
         self.policies.pop(name, None)
+        self.other_model.pop(name, None)
+
+    def get(self, name: str) -> Policy:
+        """A loaded policy, or one trained for another dLLM (a request allowed it)."""
+        return self.policies[name] if name in self.policies else self.other_model[name]
 
     def load_dir(self, root: str | Path, fingerprint: str | None) -> list[str]:
         """Load every policy folder under root; a bad one is logged and skipped."""
         loaded = []
         for path in sorted(Path(root).glob("*/policy.json")):
+            name = path.parent.name
             try:
                 self.add(load_policy(path.parent, fingerprint))
-                loaded.append(path.parent.name)
+                loaded.append(name)
+                continue
+            except OtherModelError as e:
+                why = str(e)
+                try:  # every other check still applies
+                    self.other_model[name] = load_policy(path.parent, None)
+                except PolicyError as worse:
+                    why = str(worse)
             except PolicyError as e:
-                log.error("skipping policy %s: %s", path.parent, e)
-                self.skipped[path.parent.name] = str(e)
+                why = str(e)
+            log.error("skipping policy %s: %s", path.parent, why)
+            self.skipped[name] = why
         return loaded
 
-    def default_for(self, block_length: int) -> str | None:
+    def default_for(self, block_length: int, other_model: bool = False) -> str | None:
         """The policy for a request's block mode: closest block length, then the default alpha
-        (policies marked `"default": true` in policy.json first, then the lower alpha)."""
-        if not self.policies:
+        (policies marked `"default": true` in policy.json first, then the lower alpha). With
+        `other_model`, policies trained for another dLLM count when none is this one's."""
+        pool = self.policies or (self.other_model if other_model else {})
+        if not pool:
             return None
-        best = min(self.policies.values(), key=lambda p: (
+        best = min(pool.values(), key=lambda p: (
             abs(p.block_length - block_length), not p.meta.get("default", False),
             p.meta.get("alpha", 0.0), p.name))
         return best.name
