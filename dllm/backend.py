@@ -13,18 +13,29 @@ about the architecture reaches the decoding loop.
 
 One file per family under `unmaskd.dllm`, found by config.json's `model_type` in `FAMILIES`.
 Each exports `MODEL_TYPES`, `WEIGHT_PREFIX` (stripped from checkpoint keys), `config_from_dict(raw,
-mask_token_id)` and `Model(config)`.
+mask_token_id)` and `Model(config)`. A family whose special ids live in the tokenizer files
+(LLaDA2) takes `config_from_dict(raw, mask_token_id, model_dir)` and reads them with
+`declared_token_id`.
+
+Block-diffusion models (SDAR, LLaDA2) say `block_causal = True` and give their trained
+`block_size` and their family's `default_threshold`. Their attention is bidirectional inside a
+block and causal across blocks, blocks aligned to absolute position 0 (`block_causal_bias`).
+Without `kv`, or when the writer returns no mask, a forward attends block-causally with the
+model's own `block_size`; a decode with another block length passes its mask through `kv`.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
 import torch
 
-FAMILIES = {"llada": "unmaskd.dllm.llada"}
+FAMILIES = {"llada": "unmaskd.dllm.llada", "sdar": "unmaskd.dllm.sdar",
+            "llada2_moe": "unmaskd.dllm.llada2"}
 
 
 class ConfigError(ValueError):
@@ -47,3 +58,38 @@ def family(model_type: object) -> ModuleType:
         raise ConfigError(f"model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted(FAMILIES))})")
     return importlib.import_module(name)
+
+
+def block_causal_bias(q_positions: torch.Tensor, k_positions: torch.Tensor, block_size: int,
+                      key_valid: torch.Tensor | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Additive attention mask [B, 1, Q, K] of a block-causal model: a query at position p sees
+    a key at position s iff s // block_size <= p // block_size (and the key is valid)."""
+    see = k_positions[:, None, :] // block_size <= q_positions[:, :, None] // block_size
+    if key_valid is not None:
+        see = see & key_valid[:, None, :].bool()
+    bias = torch.zeros(see.shape, dtype=dtype, device=see.device)
+    return bias.masked_fill(~see, float("-inf"))[:, None]
+
+
+def declared_token_id(model_dir: str | Path, name: str) -> int | None:
+    """The id of the special token that the tokenizer files declare as `name` ("mask_token",
+    "eos_token"): tokenizer_config.json (or special_tokens_map.json) names it, tokenizer.json
+    numbers it. None when the files do not say."""
+    model_dir = Path(model_dir)
+    declared = None
+    for file in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = model_dir / file
+        if declared is None and path.is_file():
+            declared = json.loads(path.read_text()).get(name)
+    if isinstance(declared, dict):  # {"content": "<|mask|>", "lstrip": false, ...}
+        declared = declared.get("content")
+    path = model_dir / "tokenizer.json"
+    if not isinstance(declared, str) or not path.is_file():
+        return None
+    tokenizer = json.loads(path.read_text())
+    for added in tokenizer.get("added_tokens", []):
+        if added.get("content") == declared:
+            return added["id"]
+    vocab = tokenizer.get("model", {}).get("vocab")
+    return vocab.get(declared) if isinstance(vocab, dict) else None

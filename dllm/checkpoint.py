@@ -10,6 +10,7 @@ safetensors and refused if any is not finite; nothing in the folder is executed 
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
     model_dir = Path(model_dir)
     raw = read_config(model_dir)
     fam = backend.family(raw.get("model_type", "llada"))
-    cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id)
+    # A family whose special ids live in the tokenizer files (LLaDA2) reads them from the folder.
+    takes_dir = "model_dir" in inspect.signature(fam.config_from_dict).parameters
+    cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id,
+                               **({"model_dir": model_dir} if takes_dir else {}))
     if not (model_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (a checkpoint folder "
                               "needs its tokenizer.json)")
@@ -82,6 +86,8 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
     state = {k.removeprefix(prefix): v for k, v in load_state_dict(model_dir).items()}
     if getattr(cfg, "weight_tying", False):
         state.pop("transformer.ff_out.weight", None)
+    for key in getattr(model, "tied_keys", ()):  # a tied head's copy some checkpoints carry
+        state.pop(key, None)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

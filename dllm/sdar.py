@@ -1,0 +1,225 @@
+"""SDAR / TraDo (`model_type` "sdar", `SDARForCausalLM`): its config.json, validated, and its
+block-diffusion transformer.
+
+Written from JetAstra/SDAR's modeling_sdar.py (a Qwen3 derivative). Per layer: RMSNorm -> q/k/v
+projections (no bias) -> RMSNorm of each query and key head over head_dim -> rotate-half RoPE
+(rope_theta, absolute positions) -> grouped-query attention, bidirectional inside a block of
+`block_size` positions and causal across blocks -> o_proj -> residual; RMSNorm -> SwiGLU MLP ->
+residual. Then a final RMSNorm and `lm_head` (the embedding when tie_word_embeddings). The row
+at position j predicts position j. Module names follow the checkpoint keys (`model.layers.N.
+self_attn.q_proj.weight`, ...), so its safetensors load as they are.
+
+Config values that would change the forward pass in a way this file does not implement are
+refused at load by field name: rope_scaling, a sliding window, attention bias, another
+activation. The published code ignores `sliding_window` at inference, but a config that turns it
+on asks for a different model than the one implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from unmaskd.dllm.backend import ConfigError, KVWriter, block_causal_bias, declared_token_id
+from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
+
+log = logging.getLogger(__name__)
+MODEL_TYPES = ("sdar",)
+WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
+
+# field -> the only values implemented; anything else is refused by name.
+_FIXED = {
+    "hidden_act": ("silu",),
+    "attention_bias": (False,),
+    "rope_scaling": (None,),
+    "use_sliding_window": (False,),
+}
+# Training, serving or bookkeeping fields: no effect on the forward pass.
+_IGNORED = {
+    "architectures", "auto_map", "attention_dropout", "attn_implementation", "bos_token_id",
+    "pad_token_id", "debug", "ep_size", "fuse_cross_entropy", "initializer_range",
+    "max_window_layers", "sliding_window", "micro_forward", "skip_checkpoint", "torch_dtype",
+    "transformers_version", "use_cache", "use_deepep", "_name_or_path",
+}
+
+
+@dataclass
+class SDARConfig:
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    vocab_size: int
+    mask_token_id: int
+    eos_token_id: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    block_size: int = 4
+    model_type: str = "sdar"
+
+    def __post_init__(self) -> None:
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError("num_attention_heads must divide by num_key_value_heads")
+        if self.block_size < 1:
+            raise ConfigError(f"config field block_size={self.block_size} must be positive")
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.max_position_embeddings
+
+    @classmethod
+    def from_dict(cls, raw: dict, mask_token_id: int | None = None,
+                  model_dir: str | Path | None = None) -> SDARConfig:
+        for name, allowed in _FIXED.items():
+            if name in raw and raw[name] not in allowed:
+                raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
+                                  f"(this implementation needs {allowed[0]!r})")
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known - set(_FIXED) - _IGNORED
+        if unknown:
+            log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        if mask_token_id is not None:
+            kwargs["mask_token_id"] = mask_token_id
+        for field, token in (("mask_token_id", "mask_token"), ("eos_token_id", "eos_token")):
+            if kwargs.get(field) is None and model_dir is not None:
+                kwargs[field] = declared_token_id(model_dir, token)
+            if kwargs.get(field) is None:
+                raise ConfigError(f"config has no {field} and the tokenizer declares no "
+                                  f"{token}; pass it explicitly")
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # a missing required field
+            raise ConfigError(f"config.json: {e}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: SDARConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_attention_heads * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_key_value_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.num_attention_heads * hd, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                bias: torch.Tensor, kv: KVWriter | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        cfg = self.cfg
+        # q/k normalised per head, before RoPE (Qwen3's order)
+        q = self.q_norm(self.q_proj(x).view(B, T, -1, cfg.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(B, T, -1, cfg.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
+        q, k = rotary(q, *rope), rotary(k, *rope)
+        if kv is not None:
+            k, v, cached_bias = kv(layer, k, v)
+            bias = bias if cached_bias is None else cached_bias
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias,
+            enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
+        return self.o_proj(att.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: SDARConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                bias: torch.Tensor, kv: KVWriter | None, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, bias, kv, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: SDARConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def attention_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     positions: torch.Tensor | None, block_size: int, dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [B, T] and the forward's own block-causal mask over its own tokens. Positions
+    count real tokens only, so left padding does not move a row's blocks."""
+    if positions is None:
+        if attention_mask is not None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            positions = positions.expand_as(input_ids)
+    bias = block_causal_bias(positions, positions, block_size, attention_mask, dtype)
+    return positions, bias
+
+
+class SDARModel(nn.Module):
+    """`forward(input_ids, attention_mask) -> logits [B, T, vocab_size]`; with `kv` (the
+    engine's cache writer) and explicit `positions`, the forward of a slice over cached keys."""
+
+    logit_offset = 0  # the logits at position j are the prediction for position j
+    block_causal = True
+    default_threshold = 0.9  # the released generation settings (4 steps per block of 4)
+
+    def __init__(self, cfg: SDARConfig):
+        super().__init__()
+        self.config = cfg
+        self.block_size = cfg.block_size
+        self.model = Decoder(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # a tied checkpoint may still carry its head's copy; the loader drops it
+        self.tied_keys = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
+
+    @property
+    def kv_layout(self) -> tuple[int, int, int]:
+        cfg = self.config
+        return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, kv: KVWriter | None = None
+                ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        positions, bias = attention_inputs(input_ids, attention_mask, positions,
+                                           self.block_size, x.dtype)
+        rope = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
+        for layer, block in enumerate(self.model.layers):
+            x = block(x, rope, bias, kv, layer)
+        x = self.model.norm(x)
+        head = self.model.embed_tokens if self.config.tie_word_embeddings else self.lm_head
+        return F.linear(x, head.weight)
+
+
+config_from_dict = SDARConfig.from_dict
+Model = SDARModel
