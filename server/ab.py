@@ -25,15 +25,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import yaml
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from scipy import stats
 from unmaskd.engine.sequence import InvalidRequest, parse_sampler_params
-from unmaskd.server.protocol import ApiError, check_finite
+from unmaskd.server.protocol import ApiError, check_finite, error_responses
 
 NOT_ENOUGH = "not enough data yet"
 MAX_RECORDS = 100_000  # per experiment; the oldest records are dropped beyond this
@@ -126,17 +127,13 @@ class ArmSpec(BaseModel):
     _finite_params = field_validator("sampler_params")(check_finite)
 
 
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
 class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    arms: dict[str, ArmSpec] = Field(min_length=1, max_length=MAX_ARMS)
-
-    @field_validator("arms")
-    @classmethod
-    def _named(cls, arms: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
-        if any(not 0 < len(name) <= MAX_NAME_LENGTH for name in arms):
-            raise ValueError(f"arm names must be 1 to {MAX_NAME_LENGTH} characters")
-        return arms
+    arms: dict[Name, ArmSpec] = Field(min_length=1, max_length=MAX_ARMS)
 
 
 class ABConfig(BaseModel):
@@ -292,8 +289,7 @@ class Experiments:
                            f"{sorted(self.by_name)}") from None
 
     def put(self, name: str, spec: ExperimentSpec) -> Experiment:
-        if not 0 < len(name) <= MAX_NAME_LENGTH:
-            raise ApiError(422, "name", f"must be 1 to {MAX_NAME_LENGTH} characters")
+        """`name` is 1 to MAX_NAME_LENGTH characters (checked as the path parameter)."""
         if name not in self.by_name and len(self.by_name) >= MAX_EXPERIMENTS:
             raise ApiError(422, "name", f"already {MAX_EXPERIMENTS} experiments, the limit: "
                            "replace one instead")
@@ -306,7 +302,7 @@ class Experiments:
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------
-router = APIRouter(tags=["ab"])
+router = APIRouter(tags=["ab"], responses=error_responses(401))
 
 
 def _experiments(request: Request) -> Experiments:
@@ -319,20 +315,23 @@ async def list_experiments(request: Request) -> dict[str, Any]:
     return {"experiments": {n: e.spec.model_dump() for n, e in exps.by_name.items()}}
 
 
-@router.get("/ab/{name}")
+@router.get("/ab/{name}", responses=error_responses(404, 422, why={
+    404: "No experiment of that name."}))
 async def experiment_report(name: str, request: Request) -> dict[str, Any]:
     exps = _experiments(request)
     return exps.get(name).report(exps.min_samples)
 
 
-@router.put("/ab/{name}")
-async def put_experiment(name: str, spec: ExperimentSpec, request: Request) -> dict[str, Any]:
+@router.put("/ab/{name}", responses=error_responses(400, 413, 422))
+async def put_experiment(name: Annotated[str, PathParam(max_length=MAX_NAME_LENGTH)],
+                         spec: ExperimentSpec, request: Request) -> dict[str, Any]:
     """Define or replace an experiment. Replacing starts its records afresh."""
     experiment = _experiments(request).put(name, spec)
     return {"experiment": name, **experiment.spec.model_dump()}
 
 
-@router.post("/ab/{name}/feedback")
+@router.post("/ab/{name}/feedback", responses=error_responses(400, 404, 413, 422, why={
+    404: "No experiment of that name, or it has no record of the request."}))
 async def post_feedback(name: str, body: Feedback, request: Request) -> dict[str, Any]:
     experiment = _experiments(request).get(name)
     try:

@@ -30,9 +30,10 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from unmaskd.engine.loop import Engine
 from unmaskd.sampler_plugins import Sampler, registered_samplers
@@ -40,7 +41,13 @@ from unmaskd.sampler_plugins.policy_store import STORE
 from unmaskd.server import ab, serving_generate, serving_openai
 from unmaskd.server.ab import ABConfig, Experiments, load_ab_config
 from unmaskd.server.metrics import CONTENT_TYPE, Metrics
-from unmaskd.server.protocol import ApiError, openai_error
+from unmaskd.server.protocol import (
+    ApiError,
+    Health,
+    error_responses,
+    lone_surrogate,
+    openai_error,
+)
 from unmaskd.server.scheduler import Scheduler
 from unmaskd.server.serving_generate import GenerationService, PolicyLister, no_policies
 from unmaskd.server.settings import ServerSettings, parse_settings
@@ -153,9 +160,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     an integer too long to convert) is a 400 on the body; unknown routes and methods keep
     their status."""
     field = "body" if exc.status_code == 400 else None
+    headers = exc.headers
+    if exc.status_code == 405:  # Starlette's Allow names the first route's methods only
+        allowed = {m for route in request.app.routes
+                   if route.matches(request.scope)[0] == Match.PARTIAL
+                   for m in getattr(route, "methods", None) or ()}
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
     _count_refusal(request, exc.status_code)
-    return error_response(request.url.path, exc.status_code, field, str(exc.detail),
-                          exc.headers)
+    return error_response(request.url.path, exc.status_code, field, str(exc.detail), headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -168,10 +180,18 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
         kind = err.get("type")
         unknown = kind == "extra_forbidden"
         message = "unrecognized request argument" if unknown else str(err.get("msg"))
+        message = message.removeprefix("Value error, ")  # our validators' own words
+        if kind == "string_unicode" and isinstance(err.get("input"), str):
+            # A length-checked string (prompt, an arm name) with a lone surrogate; unchecked
+            # ones reach serving_generate.check_unicode, which says the same.
+            message = lone_surrogate(err["input"]) or message
         if kind == "json_invalid":  # loc holds the character offset
             message, loc = f"not valid JSON (at character {loc[0] if loc else 0})", []
         elif not loc and not is_json:
             message = "send a JSON object with 'Content-Type: application/json'"
+        elif loc and loc[-1] == "[key]":  # a key of an object (an arm name), not a value under it
+            *loc, key, _ = loc
+            message = f"name {key!r}: {message}"
         problems.append((loc[0] if loc else "body", ".".join(loc) or "body", message, unknown))
     field, path, message, unknown = problems[0]
     status = 400 if unknown and request.url.path.startswith("/v1/") else 422
@@ -202,7 +222,9 @@ def describe_sampler(name: str, cls: type[Sampler]) -> dict[str, Any]:
 def _routes() -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health", tags=["ops"])
+    @router.get("/health", tags=["ops"], responses={
+        200: {"model": Health, "description": "Serving"},
+        503: {"model": Health, "description": "Shutting down, or the engine loop has stopped"}})
     async def health(request: Request) -> Response:
         service: GenerationService = request.app.state.service
         if service.shutting_down:
@@ -211,7 +233,8 @@ def _routes() -> APIRouter:
             return SafeJSONResponse({"status": "engine loop not running"}, status_code=503)
         return SafeJSONResponse({"status": "ok", "cache": service.engine.cache})
 
-    @router.get("/metrics", tags=["ops"])
+    @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses={
+        200: {"description": "Prometheus text format"}})
     async def metrics(request: Request) -> Response:
         return Response(request.app.state.service.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -219,7 +242,7 @@ def _routes() -> APIRouter:
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND_PAGE.read_text())
 
-    @router.get("/samplers", tags=["generate"])
+    @router.get("/samplers", tags=["generate"], responses=error_responses(401))
     async def samplers(request: Request) -> dict[str, Any]:
         service: GenerationService = request.app.state.service
         return {"default": service.default_sampler(),
@@ -263,6 +286,16 @@ def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | N
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key is not None:  # added last: runs first
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, naming the one model /v1 serves (others are a 404)."""
+        if app.openapi_schema is None:
+            schemas = FastAPI.openapi(app)["components"]["schemas"]
+            for body in ("CompletionRequest", "ChatCompletionRequest"):
+                schemas[body]["properties"]["model"]["enum"] = [model_name]
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -1,10 +1,12 @@
-"""Request and response bodies of the HTTP API, and the one client-error type.
+"""Request, response and error bodies of the HTTP API, and the one client-error type.
 
 `/generate` is unmaskd's own API and rejects unknown fields (a misspelt knob should not be
 silently ignored). The `/v1` bodies follow OpenAI's and also reject unknown fields, as OpenAI
 does; unmaskd's decoding knobs ride along in them (the `openai` client's `extra_body`). Request
 models are strict: booleans and numbers must be JSON booleans and numbers (`"stream": "yes"` or
-`1` is a 422, not a true).
+`1` is a 422, not a true). The schemas say what the server checks on its own (bounds, "prompt or
+messages"); what depends on the loaded model, the sampler registry or the A/B experiments is a
+422 the schema cannot foresee (see `ERRORS`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_SEED = 2**63 - 1  # the engine keeps seeds in int64 tensors
+MAX_TEMPERATURE = 100.0  # the engine's bound (engine.sequence.validate)
 
 
 def check_finite(value: Any) -> Any:
@@ -31,6 +34,17 @@ def check_finite(value: Any) -> Any:
     return value
 
 
+def lone_surrogate(text: str) -> str | None:
+    """Why `text` is no Unicode text to tokenize, or None: JSON can carry a lone surrogate
+    ("\\ud800")."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        return (f"is not valid Unicode text: a lone surrogate \\u{ord(text[e.start]):04x} at "
+                f"character {e.start}")
+    return None
+
+
 class ApiError(Exception):
     """A request the server refuses; rendered as JSON naming `field` (OpenAI's error shape on
     /v1, `{"detail", "field"}` elsewhere)."""
@@ -43,6 +57,73 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
         self.code = code
+
+
+class Health(BaseModel):
+    status: str = Field(description='"ok", else why not')
+    cache: str | None = Field(None, description="the engine's KV cache mode, when serving")
+
+
+class ErrorItem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """A refusal outside /v1."""
+
+    detail: str = Field(description="what is wrong, after the field's name")
+    field: str | None = Field(description="the request field at fault, if one is")
+    errors: list[ErrorItem] | None = Field(
+        None, description="every problem, when the body fails its schema")
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """A refusal on /v1, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+    errors: list[ErrorItem] | None = Field(
+        None, description="every problem, when the body fails its schema")
+
+
+ERRORS = {
+    400: "The body cannot be parsed (bad UTF-8, an integer too long to convert).",
+    401: "The server runs with --api-key and the request lacks 'Authorization: Bearer KEY'.",
+    404: "No such resource.",
+    413: "The body is larger than --max-body-bytes.",
+    422: "A field is invalid; `field` names it. Besides the schema this covers what depends on "
+         "the model and the server: prompt + canvas within the model's context, block_length "
+         "dividing the canvas, steps a multiple of the blocks, registered samplers and their "
+         "params, defined A/B experiments, and a chat the model's template can render.",
+    429: "The batch and the queue are full; retry after Retry-After seconds.",
+    500: "Decoding failed on the server.",
+    503: "The server is shutting down, or its engine loop has stopped.",
+}
+
+
+def error_responses(*statuses: int, openai: bool = False,
+                    why: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these refusals (`why` overrides the descriptions in ERRORS)."""
+    model = OpenAIErrorBody if openai else ErrorBody
+    return {s: {"model": model, "description": {**ERRORS, **(why or {})}[s]} for s in statuses}
+
+
+def sse_response(description: str, model: type[BaseModel] | None = None
+                 ) -> dict[int | str, dict[str, Any]]:
+    """A 200 that is JSON (`model`, else the route's response model), or server-sent events
+    with "stream": true."""
+    extra = {} if model is None else {"model": model}
+    event = {"type": "object", "required": ["data"],  # one event; its data is JSON or [DONE]
+             "properties": {"data": {"type": "string"}}}
+    return {200: {**extra, "description": description,
+                  "content": {"text/event-stream": {"schema": event}}}}
 
 
 def openai_error(status: int, field: str | None, message: str,
@@ -80,8 +161,8 @@ class DecodingOptions(BaseModel):
 
     sampler: str | None = Field(None, description="registered sampler; default: the server's")
     sampler_params: dict[str, Any] = Field(default_factory=dict)
-    block_length: int | None = Field(None, description="default: canvas length / 4")
-    steps: int | None = Field(None, description="step budget; default: canvas length")
+    block_length: int | None = Field(None, ge=1, description="default: canvas length / 4")
+    steps: int | None = Field(None, ge=1, description="step budget; default: canvas length")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     ab: str | None = Field(None, description="A/B experiment: its arm picks the sampler")
     user: str | None = Field(None, description="stable A/B assignment key")
@@ -92,10 +173,16 @@ class DecodingOptions(BaseModel):
 
 
 class GenerateRequest(DecodingOptions):
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    max_new_tokens: int | None = Field(None, description="canvas length")
-    temperature: float = 0.0
+    """Exactly one of `prompt` and `messages` (the other absent or null)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}}]})
+
+    prompt: str | None = Field(None, min_length=1)
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="canvas length")
+    temperature: float = Field(0.0, ge=0, le=MAX_TEMPERATURE)
     stop_at_eos: bool = False
     stream: bool = False
     return_trace: bool = False
@@ -133,9 +220,9 @@ class OpenAIRequest(DecodingOptions):
     """Fields common to completions and chat. Fields that have no meaning for a dLLM are
     declared so that they can be refused by name with a 400 (see serving_openai)."""
 
-    model: str
-    max_tokens: int | None = Field(None, description="canvas length")
-    temperature: float | None = None
+    model: str = Field(description="the served model's name (GET /v1/models)")
+    max_tokens: int | None = Field(None, ge=1, description="canvas length")
+    temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE)
     top_p: float | None = None
     n: int | None = None
     stop: str | list[str] | None = None
@@ -156,8 +243,8 @@ class CompletionRequest(OpenAIRequest):
 
 
 class ChatCompletionRequest(OpenAIRequest):
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
     tools: list[Any] | None = None

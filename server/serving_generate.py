@@ -42,6 +42,9 @@ from unmaskd.server.protocol import (
     GenerateRequest,
     GenerateResponse,
     Timing,
+    error_responses,
+    lone_surrogate,
+    sse_response,
 )
 from unmaskd.server.scheduler import (
     Cancelled,
@@ -118,8 +121,6 @@ class GenerationService:
             raise ApiError(422, field, f"cannot be tokenized: {e}") from None
 
     async def encode_messages(self, messages: list[ChatMessage], field: str) -> list[int]:
-        if not messages:
-            raise ApiError(422, field, "must not be empty")
         for i, m in enumerate(messages):
             check_unicode(m.text(), f"{field}.{i}.content")
         try:
@@ -246,12 +247,8 @@ class GenerationService:
 
 
 def check_unicode(text: str, field: str) -> None:
-    """JSON can carry a lone surrogate ("\\ud800"), which is no Unicode text to tokenize."""
-    try:
-        text.encode()
-    except UnicodeEncodeError as e:
-        raise ApiError(422, field, f"is not valid Unicode text: a lone surrogate "
-                       f"\\u{ord(text[e.start]):04x} at character {e.start}") from None
+    if (problem := lone_surrogate(text)) is not None:
+        raise ApiError(422, field, problem)
 
 
 def _outcome(item: Finished | Cancelled | Failed) -> Finished:
@@ -317,7 +314,10 @@ def _response(c: Completed, return_trace: bool) -> GenerateResponse:
         step_counts=res.step_counts if return_trace else None, timing=c.timing)
 
 
-@router.post("/generate", response_model=GenerateResponse)
+@router.post("/generate", response_model=GenerateResponse, responses={
+    **sse_response("The result; with \"stream\": true, server-sent events: one per step, "
+                   "then the result, then [DONE]"),
+    **error_responses(400, 401, 413, 422, 429, 500, 503)})
 async def generate(body: GenerateRequest, request: Request):
     service: GenerationService = request.app.state.service
     if (body.prompt is None) == (body.messages is None):

@@ -46,7 +46,9 @@ from unmaskd.server.protocol import (
     OpenAIRequest,
     UnmaskdInfo,
     Usage,
+    error_responses,
     openai_error,
+    sse_response,
 )
 from unmaskd.server.serving_generate import (
     SSE_DONE,
@@ -58,6 +60,10 @@ from unmaskd.server.serving_generate import (
 )
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+_REFUSALS = error_responses(400, 401, 404, 413, 422, 429, 500, 503, openai=True, why={
+    400: "The body cannot be parsed, or asks for what a dLLM cannot do (n > 1, logprobs, "
+         "tools, penalties, ...: the field is named) or for a field OpenAI does not have.",
+    404: "The model is not the one this server serves."})
 
 _NO_LOGPROBS = ("not supported: a diffusion LM commits tokens in parallel over many steps, so "
                 "there are no per-token log-probabilities of the final text")
@@ -181,7 +187,10 @@ async def _run(body: OpenAIRequest, service: GenerationService, prepared: Prepar
     return JobStream(stream(), job, service.scheduler)
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses={
+    **sse_response("The completion; with \"stream\": true, server-sent events of it",
+                   CompletionResponse),
+    **_REFUSALS})
 async def completions(body: CompletionRequest, request: Request):
     service: GenerationService = request.app.state.service
     _check(body, service)
@@ -205,7 +214,10 @@ async def completions(body: CompletionRequest, request: Request):
     return out if isinstance(out, JobStream) else response(out, stream=False)
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses={
+    **sse_response("The chat completion; with \"stream\": true, server-sent chunks of it",
+                   ChatCompletionResponse),
+    **_REFUSALS})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     service: GenerationService = request.app.state.service
     _check(body, service)
@@ -242,7 +254,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         usage=_usage(out, eos), unmaskd=_info(out)).model_dump(mode="json")
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses(401, openai=True))
 async def models(request: Request) -> dict[str, Any]:
     service: GenerationService = request.app.state.service
     return {"object": "list", "data": [{
