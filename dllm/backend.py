@@ -13,9 +13,11 @@ about the architecture reaches the decoding loop.
 
 One file per family under `unmaskd.dllm`, found by config.json's `model_type` in `FAMILIES`.
 Each exports `MODEL_TYPES`, `WEIGHT_PREFIX` (stripped from checkpoint keys), `config_from_dict(raw,
-mask_token_id)` and `Model(config)`. A family whose special ids live in the tokenizer files
-(LLaDA2) takes `config_from_dict(raw, mask_token_id, model_dir)` and reads them with
-`declared_token_id`.
+mask_token_id)` and `Model(config)`; optionally `load_tokenizer(model_dir)` (default:
+AutoTokenizer over tokenizer.json, never remote code). A model whose family decodes the whole
+canvas as one block by default says `default_block_length = "full"`. A family whose special ids
+live in the tokenizer files (LLaDA2) takes `config_from_dict(raw, mask_token_id, model_dir)` and
+reads them with `declared_token_id`.
 
 Block-diffusion models (SDAR, LLaDA2) say `block_causal = True` and give their trained
 `block_size` and their family's `default_threshold`. Their attention is bidirectional inside a
@@ -34,8 +36,8 @@ from typing import Protocol
 
 import torch
 
-FAMILIES = {"llada": "unmaskd.dllm.llada", "sdar": "unmaskd.dllm.sdar",
-            "llada2_moe": "unmaskd.dllm.llada2"}
+FAMILIES = {"llada": "unmaskd.dllm.llada", "Dream": "unmaskd.dllm.dream",
+            "sdar": "unmaskd.dllm.sdar", "llada2_moe": "unmaskd.dllm.llada2"}
 
 
 class ConfigError(ValueError):

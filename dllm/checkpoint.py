@@ -67,9 +67,6 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
 def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
               mask_token_id: int | None = None):
     """Returns (model in eval mode, tokenizer)."""
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
     model_dir = Path(model_dir)
     raw = read_config(model_dir)
     fam = backend.family(raw.get("model_type", "llada"))
@@ -77,9 +74,10 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
     takes_dir = "model_dir" in inspect.signature(fam.config_from_dict).parameters
     cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id,
                                **({"model_dir": model_dir} if takes_dir else {}))
-    if not (model_dir / "tokenizer.json").is_file():
-        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (a checkpoint folder "
-                              "needs its tokenizer.json)")
+    # A family may load its tokenizer itself (Dream: without its remote-code class); before
+    # the weights, so a folder without one fails fast.
+    load_tokenizer = getattr(fam, "load_tokenizer", _auto_tokenizer)
+    tokenizer = load_tokenizer(model_dir)
     with torch.device("meta"):
         model = fam.Model(cfg)
     prefix = fam.WEIGHT_PREFIX
@@ -105,18 +103,27 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
                                   "(NaN or inf): the checkpoint is corrupt")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     model = model.to(device).eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def _auto_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    if not (model_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (a checkpoint folder "
+                              "needs its tokenizer.json)")
     # AutoTokenizer peeks at config.json and warns that "llada" is not a transformers model
     # type; harmless here, since only the tokenizer files are used.
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True,
-                                                  trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True,
+                                             trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{model_dir}: tokenizer files unreadable ({e})") from None
     finally:
         transformers_logging.set_verbosity(verbosity)
-    return model, tokenizer
 
 
 def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
