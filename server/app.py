@@ -260,7 +260,8 @@ def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | N
     (dicts of metadata) for GET /samplers and the default-sampler choice."""
     model_name = Path(settings.model).resolve().name
     metrics = Metrics(model_name)
-    metrics.engine.info({"cache": engine.cache, "model_type": engine.cfg.model_type})
+    metrics.engine.labels(model_name).info({"cache": engine.cache,
+                                            "model_type": engine.cfg.model_type})
     scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.max_queue)
     experiments = Experiments(ab_config or ABConfig(), settings.ab_min_samples)
     service = GenerationService(engine, scheduler, metrics, experiments, model_name, policies)

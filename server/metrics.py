@@ -70,7 +70,7 @@ class Metrics:
             "unmaskd_kv_cache_bytes", "Memory held by the decoding batch's key/value cache",
             ["model"], registry=r)
         self.engine = Info("unmaskd_engine", "How the engine decodes (server-wide settings)",
-                           registry=r)
+                           ["model"], registry=r)
 
     def request_finished(self, sampler: str, arm: str | None, status: str, *, gen_length: int,
                          nfe: int, prompt_tokens: int, queue_s: float, total_s: float) -> None:

@@ -78,3 +78,18 @@ def test_cache_memory_is_per_row_and_freed(engines):
     assert report.cache_bytes == 0 and engine.cache_bytes == 0
     assert engines["none"].generate([GenerationRequest(ids)])[0].nfe > 0
     assert engines["none"].cache_bytes == 0
+
+
+def test_server_reports_its_cache(engines, tiny_model_dir):
+    from fastapi.testclient import TestClient
+    from unmaskd.server.app import create_app
+    from unmaskd.server.settings import ServerSettings
+
+    app = create_app(ServerSettings(model=tiny_model_dir, cache="dual"), engines["dual"])
+    with TestClient(app) as client:
+        assert client.get("/health").json() == {"status": "ok", "cache": "dual"}
+        r = client.post("/generate", json={"prompt": "Question: 1\nAnswer:", "gen_length": 8})
+        assert r.status_code == 200
+        text = client.get("/metrics").text
+    assert 'unmaskd_engine_info{cache="dual"' in text
+    assert "unmaskd_kv_cache_bytes{" in text
