@@ -88,8 +88,9 @@ def test_server_reports_its_cache(engines, tiny_model_dir):
     app = create_app(ServerSettings(model=tiny_model_dir, cache="dual"), engines["dual"])
     with TestClient(app) as client:
         assert client.get("/health").json() == {"status": "ok", "cache": "dual"}
-        r = client.post("/generate", json={"prompt": "Question: 1\nAnswer:", "gen_length": 8})
-        assert r.status_code == 200
+        r = client.post("/generate", json={"prompt": "Question: 1\nAnswer:",
+                                           "max_new_tokens": 8})
+        assert r.status_code == 200, r.text
         text = client.get("/metrics").text
     assert 'unmaskd_engine_info{cache="dual"' in text
     assert "unmaskd_kv_cache_bytes{" in text
