@@ -381,6 +381,34 @@ def test_caches_follow_fast_dllm_dream_block_loop(dream_dir, prompt_ids, referen
         assert (r.token_ids, r.nfe) == want, case
 
 
+def test_every_sampler_decodes_dream_alone_as_in_a_batch(engine, prompt_ids):
+    from unmaskd.sampler_plugins import registered_samplers
+
+    reqs = [GenerationRequest(prompt_ids[p], name, gen_length=L, steps=L // 2,
+                              temperature=temperature, seed=3)
+            for name in sorted(set(registered_samplers()) - {"learned"})
+            for p, L, temperature in ((PROMPTS[0], 8, 0.0), (PROMPTS[1], 12, 0.7))]
+    batched = engine.generate(reqs)
+    alone = [engine.generate([r])[0] for r in reqs]
+    assert [(r.token_ids, r.nfe) for r in batched] == [(r.token_ids, r.nfe) for r in alone]
+    assert all(engine.mask_id not in r.token_ids for r in batched)
+
+
+def test_eval_runs_a_task_file_on_dream(dream_dir, tmp_path, capsys):
+    """`unmaskd eval --data FILE` on Dream: prompts as they are, messages through Dream's chat
+    template, one block by default."""
+    from unmaskd.engine.cli import main
+
+    sample = Path(__file__).parent.parent / "tasks/samples/gsm8k_style.jsonl"
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(dream_dir), "--data", str(sample), "--gen-length", "8",
+                 "--threads", "1", "--sampler", "maskgit_plus:steps=4", "--json",
+                 str(out)]) == 0
+    assert "| maskgit_plus" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["n"] == 20 and result["results"][0]["mean_nfe"] == 4
+
+
 @pytest.fixture
 def llada_policy(tiny_model_dir, dream_dir, tmp_path):
     """A policy trained for the tiny LLaDA model, offered to the Dream model's store."""
@@ -465,6 +493,13 @@ def test_serve_answers_generate_and_chat_on_a_dream_folder(dream_dir, tmp_path):
             "max_tokens": 8, "sampler": "maskgit_plus"})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
+        with httpx.stream("POST", server.url + "/generate", timeout=60, json={
+                "prompt": PROMPTS[1], "sampler": "entropy", "max_new_tokens": 12, "steps": 6,
+                "stream": True}) as r:
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert r.status_code == 200 and len(events) == 6 + 2  # steps, result, [DONE]
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        assert 'unmaskd_requests_total' in metrics and 'sampler="entropy"' in metrics
         assert not (dream_dir / "EXECUTED").exists()
     finally:
         assert server.stop() == 0
