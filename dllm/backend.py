@@ -20,8 +20,9 @@ live in the tokenizer files (LLaDA2) takes `config_from_dict(raw, mask_token_id,
 reads them with `declared_token_id`.
 
 Block-diffusion models (SDAR, LLaDA2) say `block_causal = True` and give their trained
-`block_size` and their family's `default_threshold`. Their attention is bidirectional inside a
-block and causal across blocks, blocks aligned to absolute position 0 (`block_causal_bias`).
+`block_size` and their family's defaults (`sampler_defaults`, e.g. LLaDA2's threshold 0.95).
+Their attention is bidirectional inside a block and causal across blocks, blocks aligned to
+absolute position 0 (`block_causal_bias`).
 Without `kv`, or when the writer returns no mask, a forward attends block-causally with the
 model's own `block_size`; a decode with another block length passes its mask through `kv`.
 """

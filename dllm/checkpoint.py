@@ -126,6 +126,22 @@ def _auto_tokenizer(model_dir: Path):
         transformers_logging.set_verbosity(verbosity)
 
 
+def stop_token_ids(model_dir: str | Path) -> list[int]:
+    """The end-of-answer ids a checkpoint's generation_config.json names (an int or a list;
+    none if it has no such file): chat models end a turn with a token other than EOS."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        ids = json.loads(path.read_text()).get("eos_token_id", [])
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    ids = [ids] if isinstance(ids, int) else ids
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise CheckpointError(f"{path}: eos_token_id must be an id or a list of ids")
+    return ids
+
+
 def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
     """Write config.json and model.safetensors (tokenizer files are copied by the caller)."""
     model_dir = Path(model_dir)

@@ -279,7 +279,7 @@ class LLaDA2Model(nn.Module):
 
     logit_offset = 0  # the logits at position j are the prediction for position j
     block_causal = True
-    default_threshold = 0.95  # the model's `generate` default
+    sampler_defaults = {"threshold": {"threshold": 0.95}}  # the model's `generate` default
 
     def __init__(self, cfg: LLaDA2Config):
         super().__init__()

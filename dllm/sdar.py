@@ -190,7 +190,8 @@ class SDARModel(nn.Module):
 
     logit_offset = 0  # the logits at position j are the prediction for position j
     block_causal = True
-    default_threshold = 0.9  # the released generation settings (4 steps per block of 4)
+    # the released generation settings (4 steps per block of 4)
+    sampler_defaults = {"threshold": {"threshold": 0.9}}
 
     def __init__(self, cfg: SDARConfig):
         super().__init__()

@@ -23,7 +23,7 @@ of rows share a step (two forwards, one per kind), and a row counts one NFE per 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -91,7 +91,8 @@ class StepReport:
 
 class Engine:
     def __init__(self, model, tokenizer, default_gen_length: int = 48,
-                 device: str | torch.device = "cpu", cache: str = "none"):
+                 device: str | torch.device = "cpu", cache: str = "none",
+                 stop_token_ids: list[int] | None = None):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.model = model
@@ -106,6 +107,12 @@ class Engine:
         self.default_gen_length = default_gen_length
         self.mask_id = self.cfg.mask_token_id
         self.eos_id = self.cfg.eos_token_id
+        # What ends an answer: EOS, and any other stop token the checkpoint's
+        # generation_config.json names (SDAR's chat models end a turn with <|im_end|>).
+        self.stop_ids = sorted({self.eos_id, *(stop_token_ids or [])})
+        self.stop_ids_dev = torch.tensor(self.stop_ids, device=self.device)
+        # Per-sampler parameter defaults the model ships (LLaDA2: threshold 0.95).
+        self.sampler_defaults: dict[str, dict] = getattr(model, "sampler_defaults", {})
         self.active: list[Sequence] = []
         self._next_id = 0
         self._dirty = True  # batch membership changed: rebuild batch tensors
@@ -114,11 +121,12 @@ class Engine:
     def from_dir(cls, model_dir: str | Path, device: str = "cpu", dtype=torch.float32,
                  mask_token_id: int | None = None, default_gen_length: int = 48,
                  cache: str = "none") -> Engine:
-        from unmaskd.dllm.checkpoint import load_dllm
+        from unmaskd.dllm.checkpoint import load_dllm, stop_token_ids
 
         model, tokenizer = load_dllm(model_dir, dtype=dtype, device=device,
                                      mask_token_id=mask_token_id)
-        return cls(model, tokenizer, default_gen_length, device, cache)
+        return cls(model, tokenizer, default_gen_length, device, cache,
+                   stop_token_ids(model_dir))
 
     @property
     def cache_bytes(self) -> int:
@@ -127,6 +135,9 @@ class Engine:
 
     # ---- requests in and out ------------------------------------------------------------
     def validate(self, req: GenerationRequest) -> ValidatedRequest:
+        defaults = self.sampler_defaults.get(req.sampler)
+        if defaults:
+            req = replace(req, sampler_params={**defaults, **req.sampler_params})
         return validate(req, self.default_gen_length, self.cfg.max_sequence_length,
                         self.cfg.vocab_size, self.aligned_block,
                         getattr(self.model, "default_block_length", None) == "full")
@@ -378,7 +389,7 @@ class Engine:
         given, the current block is), the rest of the canvas becomes EOS and the row is done."""
         W = canvas.shape[1]
         col = torch.arange(W, device=canvas.device)
-        is_eos = (canvas == self.eos_id) & self.valid
+        is_eos = torch.isin(canvas, self.stop_ids_dev) & self.valid
         first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), W)[:, None]
         undecided = (canvas == self.mask_id) & self.valid
         prefix_done = ~(undecided & (col < first)).any(-1) & is_eos.any(-1)
@@ -498,7 +509,7 @@ class Engine:
 
     def _result(self, s: Sequence) -> SequenceResult:
         tokens = s.canvas.tolist()
-        end = tokens.index(self.eos_id) if self.eos_id in tokens else len(tokens)
+        end = next((i for i, t in enumerate(tokens) if t in self.stop_ids), len(tokens))
         text = self.tokenizer.decode(tokens[:end], skip_special_tokens=False)
         trace = s.trace.tolist()
         counts = [0] * s.nfe

@@ -69,3 +69,30 @@ def test_generate_cli_reproduces_the_family_decode(tiny_sdar_dir, capsys):
                  "--block-length", "4", "--temperature", "0", "--json", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["token_ids"] == want and out["nfe"] == nfe
+
+
+def test_family_defaults_and_stop_tokens(tiny_sdar_dir, tiny_llada2_dir, tmp_path):
+    import shutil
+
+    llada2 = Engine.from_dir(tiny_llada2_dir)
+    ids = prompts(tiny_llada2_dir)[0]
+    vr = llada2.validate(GenerationRequest(ids, "threshold"))
+    assert (vr.params.threshold, vr.block_length) == (0.95, 32)  # LLaDA2's generate defaults
+    assert llada2.validate(GenerationRequest(ids, "threshold", {"threshold": 0.5})
+                           ).params.threshold == 0.5
+    # generation_config.json's eos list adds stop tokens: the answer ends at the first of them.
+    folder = tmp_path / "sdar"
+    shutil.copytree(tiny_sdar_dir, folder)
+    plain = Engine.from_dir(folder)
+    ids = prompts(folder)[0]
+    (r,) = plain.generate([GenerationRequest(ids, gen_length=16, block_length=4)])
+    stop = next(t for t in r.token_ids if t != plain.eos_id)  # some token it does produce
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [stop]}))
+    stopping = Engine.from_dir(folder)
+    assert stopping.stop_ids == sorted({plain.eos_id, stop})
+    (s,) = stopping.generate([GenerationRequest(ids, gen_length=16, block_length=4,
+                                                stop_at_eos=True)])
+    first = r.token_ids.index(stop)
+    assert s.token_ids[:first + 1] == r.token_ids[:first + 1]
+    assert s.text == plain.tokenizer.decode(r.token_ids[:first], skip_special_tokens=False)
+    assert s.finish_reason == "stop" and s.nfe <= r.nfe

@@ -53,11 +53,13 @@ def edit_config(folder: Path, **changes) -> None:
 def test_both_folders_load_with_their_special_ids(tiny_sdar_dir, tiny_llada2_dir):
     sdar, tok = load_dllm(tiny_sdar_dir)
     assert isinstance(sdar, SDARModel) and sdar.block_causal and sdar.logit_offset == 0
-    assert (sdar.block_size, sdar.default_threshold, sdar.kv_layout) == (4, 0.9, (2, 2, 16))
+    assert (sdar.block_size, sdar.sampler_defaults, sdar.kv_layout) == (
+        4, {"threshold": {"threshold": 0.9}}, (2, 2, 16))
     assert tok.convert_ids_to_tokens(sdar.config.mask_token_id) == "<|mask|>"
     llada2, tok = load_dllm(tiny_llada2_dir)
     assert isinstance(llada2, LLaDA2Model) and llada2.block_causal
-    assert (llada2.block_size, llada2.default_threshold, llada2.kv_layout) == (32, 0.95, (2, 2, 16))
+    assert (llada2.block_size, llada2.sampler_defaults, llada2.kv_layout) == (
+        32, {"threshold": {"threshold": 0.95}}, (2, 2, 16))
     # LLaDA2's config has no ids: they are the tokens the tokenizer declares
     assert "mask_token_id" not in json.loads((tiny_llada2_dir / "config.json").read_text())
     assert llada2.config.mask_token_id == tok.mask_token_id == tok.convert_tokens_to_ids("<|mask|>")
