@@ -5,9 +5,10 @@ Dream commits n = int(masked * (1 - s / t)) positions per step, (t, s) consecuti
 time grid torch.linspace(1, eps, steps + 1), and everything left at the last step. The grid and
 the count are computed as Dream does, in float32 with torch's own linspace on the decoding
 device, so n is Dream's to the last rounding. Here the grid runs over each block's step budget
-and `masked` counts the block's still-masked positions (one block over the whole canvas, as
-Dream decodes, with `block_length` = the canvas). Where Dream would commit nothing (n = 0), we
-commit the single best-ranked position: the engine never spends a step without committing.
+and `masked` counts the block's still-masked positions: with one block over the canvas (Dream
+models' default block length) that is Dream's own decoding. Where Dream would commit nothing
+(n = 0), we commit the single best-ranked position: the engine never spends a step without
+committing.
 """
 
 import torch
