@@ -420,23 +420,24 @@ class Engine:
             parts.append((rows, logits[:, P - off: P - off + W], torch.zeros_like(rows)))
             fresh[rows] = self.valid_host[rows]
         if not full.all():
-            # Each row's slice: the block to the end of its canvas (prefix) or the block (dual),
-            # plus `off` columns before it whose logits predict its first positions. Shorter
-            # slices are padded with the cache's scratch column, which nothing attends to.
+            # Each row's slice: the block to the end of its canvas (prefix) or the block (dual).
+            # With shifted logits (off = 1) the slice's first position gets no logits: as in
+            # Fast-dLLM's Dream cache, it keeps those of the block start. Shorter slices are
+            # padded with the cache's scratch column, which nothing attends to.
             rows = (~full).nonzero().flatten()
             first = block_start[rows]
             stop = (self.gen_len_host if self.cache == "prefix" else block_end)[rows]
-            q = torch.arange(int((stop - first).max()) + off)
-            cols = P + first[:, None] - off + q
+            q = torch.arange(int((stop - first).max()))
+            cols = P + first[:, None] + q
             cols = torch.where(cols < P + stop[:, None], cols, self.kv.width).to(dev)
             every = len(rows) == B
             pick = torch.arange(B, device=dev) if every else rows.to(dev)
             at = (pick[:, None], cols.clamp(max=self.kv.width - 1))
             logits = self.model(self.ids[at], positions=self.positions[at],
                                 kv=self.kv.attend(None if every else pick, cols))
-            parts.append((rows, logits, first))
+            parts.append((rows, logits, first + off))
             col = torch.arange(W)
-            fresh[rows] = (col >= first[:, None]) & (col < stop[:, None])
+            fresh[rows] = (col >= first[:, None] + off) & (col < stop[:, None])
         return parts, fresh
 
     def _forward_aligned(self, block_start: torch.Tensor, block_end: torch.Tensor):

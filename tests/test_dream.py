@@ -364,16 +364,11 @@ def test_cached_reference_forward_is_exact_on_unchanged_tokens(prompt_ids, refer
                                full[start:start + 4])
 
 
-@pytest.mark.parametrize("cache", ["none", pytest.param("prefix", marks=pytest.mark.xfail(
-    strict=True, reason="engine slice for logit_offset=1 starts one column before the block")),
-    pytest.param("dual", marks=pytest.mark.xfail(
-        strict=True, reason="engine slice for logit_offset=1 starts one column before the block"))])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_caches_follow_fast_dllm_dream_block_loop(dream_dir, prompt_ids, reference, cache):
     """Fast-dLLM's Dream cache (generation_utils_block.py) queries the block (prefix: to the
-    canvas end) at its own columns and shifts logits inside the slice; the engine queries one
-    column more, before the block, whose keys/values it rewrites. Expected to pass once the
-    engine's cached slice for shifted heads starts at the block (see tests/dream_reference.py
-    `cached_decode`)."""
+    canvas end) at its own columns and shifts logits inside the slice, so the block's first
+    position keeps its block-start logits (tests/dream_reference.py `cached_decode`)."""
     results = Engine.from_dir(dream_dir, cache=cache).generate(cache_requests(prompt_ids))
     for case, r in zip(CACHE_CASES, results):
         p, L, block, steps, threshold = case
