@@ -96,3 +96,31 @@ def test_family_defaults_and_stop_tokens(tiny_sdar_dir, tiny_llada2_dir, tmp_pat
     assert s.token_ids[:first + 1] == r.token_ids[:first + 1]
     assert s.text == plain.tokenizer.decode(r.token_ids[:first], skip_special_tokens=False)
     assert s.finish_reason == "stop" and s.nfe <= r.nfe
+
+
+def test_served_over_http(model_dir):
+    """/generate (one SSE event per denoising step) and /v1/chat/completions on both families,
+    with their chat templates; in-process, the app around an engine as `serve` builds it."""
+    from fastapi.testclient import TestClient
+    from unmaskd.server.app import create_app
+    from unmaskd.server.settings import ServerSettings
+
+    engine = Engine.from_dir(model_dir, cache="dual")
+    with TestClient(create_app(ServerSettings(model=model_dir), engine)) as client:
+        r = client.post("/generate", json={"prompt": "ab", "max_new_tokens": 8,
+                                           "sampler": "threshold"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["nfe"] >= 1 and len(body["token_ids"]) >= 8
+        r = client.post("/generate", json={"prompt": "ab", "max_new_tokens": 8,
+                                           "stream": True, "sampler": "topk_confidence"})
+        events = [json.loads(line[5:]) for line in r.text.splitlines()
+                  if line.startswith("data:") and not line.endswith("[DONE]")]
+        steps = [e for e in events if "committed" in e]
+        assert steps and [e["step"] for e in steps] == list(range(1, len(steps) + 1))
+        assert events[-1]["nfe"] == len(steps)
+        r = client.post("/v1/chat/completions", json={
+            "model": model_dir.name, "max_tokens": 8,
+            "messages": [{"role": "user", "content": "What is 2+3?"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
