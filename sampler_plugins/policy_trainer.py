@@ -233,7 +233,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         reqs = [GenerationRequest(
             engine.tokenizer(p.prompt)["input_ids"], "learned",
             {"policy": TRAIN_EXPERT if g >= G else TRAIN_POLICY, **ROLLOUT_KNOBS},
-            gen_length=L, block_length=block_length, steps=L,
+            gen_length=L, block_length=block_length,  # steps: one per position at most
             seed=rollout_seed(args.seed, it, rank, i, g))
             for i, p in enumerate(batch) for g in range(G + E)]
         results = engine.generate(reqs, max_batch_size=len(reqs))
@@ -386,7 +386,7 @@ def validate(engine: Engine, problems: list[Problem] | list[Example], check: Che
     n = len(problems)
     reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "learned",
                               {"policy": TRAIN_POLICY}, gen_length=gen_length,
-                              block_length=block_length, steps=gen_length) for p in problems]
+                              block_length=block_length) for p in problems]
     STORE.policies[TRAIN_POLICY].record = False
     try:
         results = engine.generate(reqs)
