@@ -124,3 +124,23 @@ def test_served_over_http(model_dir):
             "messages": [{"role": "user", "content": "What is 2+3?"}]})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_a_policy_trains_and_serves_on_block_diffusion(tiny_sdar_dir, tmp_path):
+    """`train-policy --model SDAR_DIR` rolls out through the block-diffusion engine (with its
+    cache) and the policy it writes decodes with `learned`."""
+    from unmaskd.engine.model_args import load_policies
+    from unmaskd.sampler_plugins.policy_store import STORE
+    from unmaskd.sampler_plugins.policy_trainer import train
+
+    train(["--model", str(tiny_sdar_dir), "--out", str(tmp_path / "run"), "--gen-length", "16",
+           "--block-length", "4", "--iterations", "1", "--prompts-per-step", "2",
+           "--group-size", "2", "--cache", "dual"])
+    (name,) = load_policies(tmp_path / "run", tiny_sdar_dir)
+    try:
+        engine = Engine.from_dir(tiny_sdar_dir, cache="dual")
+        (r,) = engine.generate([GenerationRequest(prompts(tiny_sdar_dir)[1], "learned",
+                                                  {"policy": name}, gen_length=8)])
+        assert r.nfe >= 1 and engine.mask_id not in r.token_ids
+    finally:
+        STORE.remove(name)
