@@ -5,6 +5,10 @@ load against a second server started with --max-batch-size 1, and the ratio betw
     .venv/bin/python bench/serve_load.py --requests 200 --concurrency 16
     .venv/bin/python bench/serve_load.py --model /tmp/model --requests 8 --concurrency 4
     .venv/bin/python bench/serve_load.py --url http://127.0.0.1:8000 --requests 100
+    .venv/bin/python bench/serve_load.py --caches none,prefix,dual --concurrency 32 \
+        --sampler topk_confidence
+
+With --caches, one server per KV-cache mode (same batch size) replaces the batch-1 baseline.
 
 With --url the load goes to a running server and no baseline is started (give --baseline-url
 to compare against another running server). Each client sends /generate requests for test-split
@@ -53,14 +57,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, max_batch_size: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, max_batch_size: int, threads: int,
+                 cache: str = "none") -> tuple[subprocess.Popen, str]:
     """`unmaskd serve` on a free loopback port; returns once /health answers 200."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model", str(model),
          "--port", str(port),
          "--max-batch-size", str(max_batch_size), "--max-queue", "100000",
-         "--threads", str(threads)],
+         "--threads", str(threads), "--cache", cache],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     url = f"http://127.0.0.1:{port}"
@@ -152,11 +157,12 @@ def print_table(results: list[LoadResult]) -> None:
         print(f"{r.label:<22} {r.requests:>5} {r.errors:>4} {r.requests_per_s:>8.2f} "
               f"{r.tokens_per_s:>9.1f} {r.p50_latency_s:>8.3f} {r.p99_latency_s:>8.3f} "
               f"{r.mean_batch_size:>6.2f}")
-    if len(results) == 2:
-        a, b = results
-        print(f"throughput ratio ({a.label} / {b.label}): "
-              f"{a.requests_per_s / b.requests_per_s:.2f}x; p50 latency ratio: "
-              f"{a.p50_latency_s / b.p50_latency_s:.2f}x")
+    base = results[-1] if len(results) == 2 else results[0]  # batch 1, or the first cache
+    for a in results:
+        if a is not base:
+            print(f"throughput ratio ({a.label} / {base.label}): "
+                  f"{a.requests_per_s / base.requests_per_s:.2f}x; p50 latency ratio: "
+                  f"{a.p50_latency_s / base.p50_latency_s:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per started server")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds for one server's run")
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--caches", help="comma-separated cache modes, one started server each")
     args = ap.parse_args(argv)
 
     problems = make_split("test", args.requests)
@@ -185,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline_url:
             results.append(measure("baseline", args.baseline_url, bodies, args))
     else:
-        for label, batch in ((f"max-batch-size {args.max_batch_size}", args.max_batch_size),
-                             ("max-batch-size 1", 1)):
-            proc, url = start_server(args.model, batch, args.threads)
+        runs = ([(f"cache {c}", args.max_batch_size, c) for c in args.caches.split(",")]
+                if args.caches else
+                [(f"max-batch-size {args.max_batch_size}", args.max_batch_size, "none"),
+                 ("max-batch-size 1", 1, "none")])
+        for label, batch, cache in runs:
+            proc, url = start_server(args.model, batch, args.threads, cache)
             try:
                 results.append(measure(label, url, bodies, args))
             finally:
