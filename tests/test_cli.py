@@ -23,3 +23,29 @@ def test_generate_takes_full_block_length_and_refuses_a_bad_one(tiny_model_dir, 
         main(common + ["--block-length", "0"])
     assert "--block-length: expected a positive integer or 'full', got '0'" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "train-policy"])
+def test_an_unloadable_model_is_one_line_in_every_command(tiny_model_copy, tmp_path, command,
+                                                          capsys):
+    """A folder that cannot load gives `error: ...` naming the problem and exit 2, as `serve`
+    does, not a traceback: here non-finite weights (1 MB of 0xFF in the file, same size)."""
+    weights = tiny_model_copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\xff" * 4096  # tensor data (the header is at the start): NaNs
+    weights.write_bytes(bytes(data))
+    args = {"generate": ["--prompt", "x"], "eval": ["--sampler", "threshold", "--n", "1"],
+            "train-policy": ["--out", str(tmp_path / "run")]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--model", str(tiny_model_copy), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite" in err[0] and err[0].startswith("error: "), err
+
+
+def test_a_folder_without_tokenizer_json_says_so(tiny_model_copy, capsys):
+    (tiny_model_copy / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tiny_model_copy), "--prompt", "x"])
+    err = capsys.readouterr().err
+    assert "tokenizer.json: not found" in err and len(err.strip().splitlines()) == 1
