@@ -128,11 +128,16 @@ def start_server(model_dir: Path, log_dir: Path, *args: str,
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env,
                                 cwd=Path(__file__).parent.parent)
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    return wait_healthy(ServerProcess(proc, f"http://127.0.0.1:{port}", log_path), wait)
+
+
+def wait_healthy(server: ServerProcess, wait: float = 90.0) -> ServerProcess:
+    """`server` once its /health answers 200; RuntimeError with its log if it exits first or is
+    not healthy within `wait` seconds (then it is stopped)."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()}")
         try:
             if httpx.get(server.url + "/health", timeout=1).status_code == 200:
                 return server
