@@ -21,6 +21,8 @@ test-deps:
 
 test: install test-deps
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	# Two workers, one per core (each test runs torch on one thread); a file stays on one
+	# worker so its module fixtures (servers, models) are built once.
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 .PHONY: install serve test test-deps

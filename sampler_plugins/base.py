@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class SamplerParams(BaseModel):
-    """A sampler's per-request parameters; unknown fields are rejected."""
+    """A sampler's per-request parameters; unknown fields, and strings or booleans where
+    numbers belong (and the reverse), are rejected: JSON types are not coerced."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 @dataclass

@@ -336,6 +336,9 @@ def _local_torch_wheel(version: str) -> Path | None:
     return None
 
 
+# A whole `pip install .` into a fresh venv: 90-190 s seen on 2 busy cores, so its limit stays
+# well over twice that (it once timed out at the suite's default 300 s).
+@pytest.mark.timeout(900)
 def test_cpu_stage_install_replayed(dockerfile, tmp_path):
     """The cpu-build stage's RUN commands, verbatim, against the files `COPY . .` would copy.
 

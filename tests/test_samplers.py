@@ -162,3 +162,14 @@ def test_broken_plugin_is_skipped(monkeypatch, caplog):
     assert "broken" not in samplers and "threshold" in samplers
     assert "skipping sampler plugin 'broken'" in caplog.text
     monkeypatch.setattr(registry, "_registry", None)
+
+
+@pytest.mark.parametrize("name, params, field", [
+    ("threshold", {"threshold": "0.9"}, "sampler_params.threshold"),
+    ("factor", {"factor": True}, "sampler_params.factor"),
+    ("klass", {"history": "2"}, "sampler_params.history"),
+])
+def test_sampler_params_take_json_types_as_they_are(name, params, field):
+    with pytest.raises(InvalidRequest) as info:
+        parse_sampler_params(name, params)
+    assert info.value.field == field
