@@ -60,7 +60,7 @@ def cmd_generate(argv: list[str]) -> int:
 
     def show(report) -> None:
         for ev in report.events:
-            print(f"step {ev.nfe:3d} +{len(ev.committed):2d} | {render_canvas(engine, ev.canvas)}")
+            print(f"step {ev.nfe:3d} +{len(ev.committed):2d} | {engine.render_canvas(ev.canvas)}")
 
     try:
         (result,) = engine.generate([req], on_step=show if args.show_steps else None)
@@ -73,14 +73,6 @@ def cmd_generate(argv: list[str]) -> int:
         print(result.text)
         print(f"[{result.nfe} steps, {result.tokens_per_step:.2f} tokens/step]", file=sys.stderr)
     return 0
-
-
-def render_canvas(engine, canvas: list[int], mask_glyph: str = "░") -> str:
-    """The canvas as text with undecided positions shown as a glyph, one per token."""
-    pieces = [mask_glyph if t == engine.mask_id else engine.tokenizer.decode([t])
-              for t in canvas]
-    eos_text = engine.tokenizer.decode([engine.eos_id])
-    return "".join("·" if p == eos_text else p for p in pieces).replace("\n", "⏎")
 
 
 def cmd_eval(argv: list[str]) -> int:

@@ -508,6 +508,14 @@ class Engine:
         logits[..., self.mask_id] = float("-inf")
         return logits.softmax(-1)
 
+    def render_canvas(self, canvas: list[int], mask_glyph: str = "░") -> str:
+        """A canvas as text for watching it fill (streaming, --show-steps): undecided positions
+        as a glyph, one per token, EOS as "·", newlines as "⏎"."""
+        pieces = [mask_glyph if t == self.mask_id else self.tokenizer.decode([t])
+                  for t in canvas]
+        eos_text = self.tokenizer.decode([self.eos_id])
+        return "".join("·" if p == eos_text else p for p in pieces).replace("\n", "⏎")
+
     def _result(self, s: Sequence) -> SequenceResult:
         tokens = s.canvas.tolist()
         end = next((i for i, t in enumerate(tokens) if t in self.stop_ids), len(tokens))

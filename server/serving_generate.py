@@ -24,7 +24,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from unmaskd.engine.cli import render_canvas
 from unmaskd.engine.loop import Engine, StepEvent
 from unmaskd.engine.sequence import (
     GenerationRequest,
@@ -224,7 +223,7 @@ class GenerationService:
                                                total_s=finished.total_s), correct)
 
     def render_canvas(self, canvas: list[int]) -> str:
-        return render_canvas(self.engine, canvas)
+        return self.engine.render_canvas(canvas)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking requests (503); let queued and decoding ones finish for up to `timeout`
