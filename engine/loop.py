@@ -225,6 +225,7 @@ class Engine:
                 self.grid_token[b, :L], self.grid_stats[b, :, :L] = s.stats
             if self.kv is not None and s.kv is not None:
                 self.kv.place(b, P - len(s.prompt_ids), s.kv)
+            s.kv = None  # the batch holds it now: one copy of a cache, not two
         temps = [s.vr.request.temperature for s in seqs]
         self.temperature = torch.tensor(temps, device=dev)
         self.any_sampling = any(t > 0 for t in temps)
