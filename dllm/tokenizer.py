@@ -1,4 +1,4 @@
-"""Train the embedded model's byte-level BPE tokenizer on the arithmetic task corpus.
+"""Train the embedded model's byte-level BPE tokenizer on task corpora (arithmetic by default).
 
     python -m dllm.tokenizer OUT_DIR
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -28,7 +29,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(out_dir: Path, n_problems: int = 20_000) -> Tokenizer:
+def train_tokenizer(out_dir: Path, n_problems: int = 20_000,
+                    splits: Sequence[Callable[[str, int], list]] = (make_split,)) -> Tokenizer:
+    """`splits`: the task suites' make_split functions, n_problems train problems of each.
+    Byte-level BPE encodes any text, but wording it never saw costs several tokens a word:
+    a model for tasks.longform wants (arithmetic.make_split, longform.make_split) here."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -39,7 +44,7 @@ def train_tokenizer(out_dir: Path, n_problems: int = 20_000) -> Tokenizer:
         vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    corpus = (p.prompt + p.answer for p in make_split("train", n_problems))
+    corpus = (p.prompt + p.answer for split in splits for p in split("train", n_problems))
     tok.train_from_iterator(corpus, trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))

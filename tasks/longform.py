@@ -1,0 +1,198 @@
+"""Long-form multi-step word problems for a 256-token canvas (issue 19), deterministic by seed.
+
+    python -m unmaskd.tasks.longform --split train --n 3   # prints examples
+
+A problem is a story about one person and one kind of object that takes 1 to 8 steps (values in
+1..99: add, subtract, multiply, divide evenly). The worked answer is one explanation line per
+step, as GSM8K solutions are (`After buying 12 more, Ava has 34 + 12 = 46 apples.`), then
+`#### N`: from about 20 tokens (1 step) to about 190 (8 steps), EOS-padded to a 256-token
+canvas (GEN_LENGTH), so most of the canvas is padding and how much is not known in advance.
+
+What makes it hard for parallel decoding, as GSM8K is at L = 256 in the paper:
+- The answer length is uncertain from the prompt. A sentence can cost 0 steps (a distractor
+  about someone or something else), 1 step, or 2 (`buys 3 bags with 4 apples in each`: a
+  product, then a sum), so the number of sentences does not tell the number of lines.
+- The tail of the canvas is EOS with near-certainty, so confidence-driven samplers commit
+  padding first; committed EOS too early cuts the last lines and the `#### N` off, which the
+  checker scores wrong (it reads only the number after `####`, never an intermediate one).
+- Later lines depend on earlier results (the chain), so unmasking many positions at once
+  guesses numbers before the values they depend on exist.
+
+Splits never overlap, as in tasks/arithmetic.py: each split draws from its own seed range and
+keeps only questions whose text hash falls into its own bucket. A "held-out" step is a
+(value, op, operand) triple whose hash is 0 mod 8 (the products inside two-step sentences
+included): train and validation problems are generated avoiding them, test is drawn freely, so
+its longer problems mostly use some combination never seen in training (`Problem.unseen`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import re
+
+from unmaskd.tasks.arithmetic import NAMES, OBJECTS, SPLIT_BUCKETS, SPLIT_SEED_BASE, Problem
+
+GEN_LENGTH = 256  # the answer canvas L, as in the paper's GSM8K setting
+MAX_STEPS = 8
+MAX_VALUE = 99
+# Distractors: sentences that cost no step, so the sentence count does not give the length.
+OTHER_THINGS = ["hats", "dogs", "plates", "chairs", "kites", "cups"]
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def is_held_out(value: int, op: str, operand: int) -> bool:
+    # salted, so the held-out set is not the arithmetic suite's
+    return _stable_hash(f"longform{value}{op}{operand}") % 8 == 0
+
+
+def _apply(x: int, op: str, y: int) -> int:
+    return {"+": x + y, "-": x - y, "*": x * y, "/": x // y}[op]
+
+
+def _simple(rng: random.Random, x: int) -> tuple[str, int]:
+    """An operation applicable to x that keeps the result in 1..MAX_VALUE."""
+    options = [op for op, ok in [("+", x < MAX_VALUE), ("-", x > 1), ("*", 2 * x <= MAX_VALUE),
+                                 ("/", any(x % k == 0 for k in range(2, 10)))] if ok]
+    op = rng.choice(options)
+    if op == "+":
+        return op, rng.randint(1, min(40, MAX_VALUE - x))
+    if op == "-":
+        return op, rng.randint(1, x - 1)
+    if op == "*":
+        return op, rng.randint(2, min(9, MAX_VALUE // x))
+    return op, rng.choice([k for k in range(2, 10) if x % k == 0])
+
+
+def _group(rng: random.Random, x: int) -> tuple[str, int, int] | None:
+    """A two-step sentence: `a` groups of `b` added to or taken from x, or None if none fits."""
+    op = rng.choice("+-")
+    room = MAX_VALUE - x if op == "+" else x - 1
+    pairs = [(a, b) for a in range(2, 10) for b in range(2, 10) if a * b <= room]
+    return (op, *rng.choice(pairs)) if pairs else None
+
+
+def _simple_text(rng: random.Random, op: str, x: int, y: int, name: str, obj: str
+                 ) -> tuple[str, str]:
+    """(question sentence, explanation line) of a one-step event."""
+    z, other = _apply(x, op, y), rng.choice([n for n in NAMES if n != name])
+    eq = f"{x} {op} {y} = {z}"
+    options = {
+        "+": [(f"{name} buys {y} more {obj}.", f"After buying {y} more, {name} has {eq} {obj}."),
+              (f"{other} gives {name} {y} {obj}.",
+               f"{other} gives {y}, so {name} has {eq} {obj}.")],
+        "-": [(f"{name} gives {y} {obj} to {other}.",
+               f"After giving away {y}, {name} has {eq} {obj}."),
+              (f"{name} loses {y} {obj}.", f"Losing {y} leaves {name} with {eq} {obj}.")],
+        "*": [(f"Then {name} gets {y} times as many {obj}.",
+               f"{y} times as many is {eq} {obj}.")],
+        "/": [(f"{name} splits the {obj} into {y} equal piles and keeps one pile.",
+               f"One of {y} equal piles is {eq} {obj}.")],
+    }
+    return rng.choice(options[op])
+
+
+def _group_text(op: str, x: int, a: int, b: int, name: str, obj: str) -> tuple[str, list[str]]:
+    """(question sentence, two explanation lines) of a two-step event."""
+    c = a * b
+    if op == "+":
+        return (f"{name} buys {a} bags with {b} {obj} in each.",
+                [f"{a} bags of {b} hold {a} * {b} = {c} {obj}.",
+                 f"With the bags, {name} has {x} + {c} = {x + c} {obj}."])
+    return (f"{name} gives {a} friends {b} {obj} each.",
+            [f"{a} friends get {a} * {b} = {c} {obj} in all.",
+             f"That leaves {name} with {x} - {c} = {x - c} {obj}."])
+
+
+def _distractor(rng: random.Random, name: str, obj: str) -> str:
+    other = rng.choice([n for n in NAMES if n != name])
+    d = rng.randint(2, MAX_VALUE)
+    return rng.choice([f"{other} has {d} {obj}.",
+                       f"{name} also has {d} {rng.choice(OTHER_THINGS)}.",
+                       f"{name} is {rng.randint(6, 60)} years old."])
+
+
+def generate(seed: int, steps: int | None = None, allow_held_out: bool = True) -> Problem:
+    """One problem from one seed; `steps` (1..MAX_STEPS) fixes the length, else it is drawn
+    uniformly; without `allow_held_out` every step avoids the held-out triples (train and
+    validation), drawing again until one does."""
+    rng = random.Random(seed)
+    steps = steps or rng.randint(1, MAX_STEPS)
+    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    x = rng.randint(2, 60)
+    sentences, lines, unseen = [f"{name} has {x} {obj}."], [], False
+    while len(lines) < steps:
+        group = _group(rng, x) if steps - len(lines) >= 2 and rng.random() < 0.35 else None
+        if group is not None:
+            op, a, b = group
+            triples = [(a, "*", b), (x, op, a * b)]
+        else:
+            op, y = _simple(rng, x)
+            triples = [(x, op, y)]
+        held_out = any(is_held_out(*t) for t in triples)
+        if held_out and not allow_held_out:
+            continue  # every x has non-held-out options, so this ends
+        unseen |= held_out
+        if group is not None:
+            sentence, new_lines = _group_text(op, x, a, b, name, obj)
+            x = _apply(x, op, a * b)
+        else:
+            sentence, line = _simple_text(rng, op, x, y, name, obj)
+            new_lines, x = [line], _apply(x, op, y)
+        sentences.append(sentence)
+        lines += new_lines
+    for _ in range(rng.choice([0, 0, 1, 2])):  # placed anywhere after the opening sentence
+        sentences.insert(rng.randint(1, len(sentences)), _distractor(rng, name, obj))
+    sentences.append(f"How many {obj} does {name} have now?")
+    answer = "\n".join(lines) + f"\n#### {x}"
+    return Problem(" ".join(sentences), answer, x, steps, unseen)
+
+
+def make_split(split: str, n: int, steps: int | None = None, offset: int = 0) -> list[Problem]:
+    """The first n problems of a split (after skipping `offset`), deterministic."""
+    if split not in SPLIT_SEED_BASE:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEED_BASE)}")
+    out: list[Problem] = []
+    seed = SPLIT_SEED_BASE[split]
+    skipped = 0
+    while len(out) < n:
+        p = generate(seed, steps, allow_held_out=split == "test")
+        seed += 1
+        if _stable_hash(p.question) % 100 not in SPLIT_BUCKETS[split]:
+            continue
+        if skipped < offset:
+            skipped += 1
+            continue
+        out.append(p)
+    return out
+
+
+_FINAL = re.compile(r"####\s*(-?\d+)")
+
+
+def extract_answer(text: str) -> int | None:
+    """The number after the first `####`, else None: no fallback to the last number (as
+    tasks/arithmetic.py has), so that an answer cut short by early EOS cannot score with an
+    intermediate value."""
+    m = _FINAL.search(text)
+    return int(m.group(1)) if m else None
+
+
+def check_answer(text: str, reference: int | str) -> bool:
+    got = extract_answer(text)
+    return got is not None and got == int(reference)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(prog="python -m unmaskd.tasks.longform",
+                                 description="print problems of the long-form task")
+    ap.add_argument("--split", choices=sorted(SPLIT_SEED_BASE), default="train")
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--steps", type=int, choices=range(1, MAX_STEPS + 1))
+    args = ap.parse_args()
+    for p in make_split(args.split, args.n, args.steps):
+        print(f"[{p.steps} steps{', unseen' if p.unseen else ''}]\n{p.prompt}\n{p.answer}\n")
