@@ -78,6 +78,7 @@ def cmd_generate(argv: list[str]) -> int:
 def cmd_eval(argv: list[str]) -> int:
     from unmaskd.engine.evaluate import run_eval
     from unmaskd.engine.sequence import InvalidRequest
+    from unmaskd.tasks import TASKS
     from unmaskd.tasks.jsonl import CHECKERS_HELP, DataError, checker_arg
 
     ap = argparse.ArgumentParser(prog="unmaskd eval")
@@ -85,12 +86,15 @@ def cmd_eval(argv: list[str]) -> int:
     # default None, not "test": argparse lets `--data F --split test` pass when the value
     # given is the default
     source.add_argument("--split", choices=["train", "validation", "test"],
-                        help="a split of the built-in arithmetic task (default: test)")
+                        help="a split of the built-in task (default: test)")
     source.add_argument("--data", type=Path, metavar="FILE.jsonl",
                         help="your own problems instead: one JSON object per line with "
                              "'prompt' (text used as is) or 'messages' (chat, rendered by the "
                              "model's chat template) and 'answer' (the final answer, or a "
                              "solution ending in '#### N')")
+    ap.add_argument("--task", choices=sorted(TASKS),
+                    help="the built-in task (default: arithmetic); longform's answers are "
+                         "written for a 256-token canvas (--gen-length 256)")
     ap.add_argument("--checker", type=checker_arg, metavar="final-number|exact|regex:PATTERN",
                     help="with --data: " + CHECKERS_HELP)
     ap.add_argument("--n", type=int,
@@ -110,7 +114,8 @@ def cmd_eval(argv: list[str]) -> int:
                                          args.gen_length or engine.default_gen_length)
     try:
         run_eval(engine, args.split or "test", args.n, args.sampler, block_length, args.gen_length,
-                 args.json, args.plot, args.batch_size, data=args.data, checker=args.checker)
+                 args.json, args.plot, args.batch_size, data=args.data, checker=args.checker,
+                 task=args.task)
     except (InvalidRequest, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

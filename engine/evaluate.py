@@ -7,8 +7,8 @@ A SPEC is `name` or `name:key=value,key=value`; `key=v1|v2|v3` sweeps a key. `st
 generation's step budget, every other key a sampler parameter. Each configuration runs batched
 through the engine over the same problems; the table gives accuracy with a 95% Wilson interval,
 mean NFE (and mean NFE had decoding stopped at EOS, derived exactly from the trace), tokens per
-step and sequences per second. `--data FILE.jsonl` replaces the built-in task with your own
-problems (`tasks/jsonl.py`).
+step and sequences per second. `--task` picks the built-in suite (tasks/: arithmetic, the
+default, or longform); `--data FILE.jsonl` replaces it with your own problems (`tasks/jsonl.py`).
 
 Every request of every configuration is validated before the first problem runs, and `--json`
 is rewritten after each finished configuration, so a stopped run keeps what it finished.
@@ -27,7 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, default_block_length
-from unmaskd.tasks.arithmetic import check_answer, make_split
+from unmaskd.tasks import TASKS
+from unmaskd.tasks.arithmetic import check_answer
 from unmaskd.tasks.jsonl import DEFAULT_CHECKER, DataError, load_jsonl, make_checker
 
 DEFAULT_N = 500  # problems of a built-in split when --n is not given
@@ -154,14 +155,16 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
 
 
 def evaluate_spec(model_dir, split: str, n: int, spec: str, block_length: int | None = None,
-                  steps: int | None = None, gen_length: int | None = None) -> dict:
-    """One configuration on one split (used by the dLLM trainer's validation)."""
+                  steps: int | None = None, gen_length: int | None = None,
+                  task: str = "arithmetic") -> dict:
+    """One configuration on one split of a task (used by the dLLM trainer's validation)."""
     engine = Engine.from_dir(model_dir)
     configs = parse_spec(spec)
     for c in configs:
         c.steps = c.steps or steps
-    return evaluate_configs(engine, make_split(split, n), configs[:1], block_length, gen_length,
-                            progress=False)[0]
+    suite = TASKS[task]
+    return evaluate_configs(engine, suite.make_split(split, n), configs[:1], block_length,
+                            gen_length, progress=False, check=suite.check_answer)[0]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -208,13 +211,15 @@ def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
 def run_eval(engine: Engine, split: str, n: int | None, specs: list[str],
              block_length: int | None, gen_length: int | None, json_path: Path | None,
              plot_path: Path | None, batch_size: int, data: Path | None = None,
-             checker: str | None = None) -> list[dict]:
-    """The built-in `split` (n problems, default DEFAULT_N), or the first n (default: all)
-    problems of a `data` file scored by `checker`. Raises InvalidRequest or DataError before
-    any problem runs."""
+             checker: str | None = None, task: str | None = None) -> list[dict]:
+    """The built-in `split` of `task` (default arithmetic; n problems, default DEFAULT_N), or
+    the first n (default: all) problems of a `data` file scored by `checker`. Raises
+    InvalidRequest or DataError before any problem runs."""
     configs = [c for spec in specs for c in parse_spec(spec)]
     canvas = gen_length or engine.default_gen_length
     if data is not None:
+        if task is not None:
+            raise DataError("--task names a built-in task; --data brings its own problems")
         checker = checker or DEFAULT_CHECKER
         problems = load_jsonl(data, engine.tokenizer, checker,
                               engine.cfg.max_sequence_length - canvas)[:n]
@@ -223,8 +228,10 @@ def run_eval(engine: Engine, split: str, n: int | None, specs: list[str],
     else:
         if checker is not None:
             raise DataError("--checker scores --data files; the built-in task keeps its own")
-        problems = make_split(split, n or DEFAULT_N)
-        check, source, title = check_answer, {"split": split}, f"{split} split"
+        task = task or "arithmetic"
+        problems = TASKS[task].make_split(split, n or DEFAULT_N)
+        check, source = TASKS[task].check_answer, {"task": task, "split": split}
+        title = f"{split} split" if task == "arithmetic" else f"{task} {split} split"
     rows: list[dict] = []
 
     def save(row: dict) -> None:

@@ -1,12 +1,16 @@
 """The long-form task suite (issue 19): generator, splits, canvas fit and checker."""
 
 import collections
+import json
 import re
+from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
 from unmaskd.dllm import EMBEDDED_MODEL_DIR
 from unmaskd.dllm.tokenizer import train_tokenizer
+from unmaskd.engine.cli import main
+from unmaskd.engine.loop import Engine
 from unmaskd.tasks import arithmetic
 from unmaskd.tasks.longform import (
     GEN_LENGTH,
@@ -102,3 +106,29 @@ def test_checker_reads_only_the_final_number():
     assert not check_answer(p.answer.rpartition("\n")[0], p.value)
     assert extract_answer("#### -5") == -5
     assert extract_answer("3 + 4 = 7.\n#### 7\n#### 8") == 7
+
+
+def test_eval_runs_the_named_task(long_model_dir, tmp_path, monkeypatch):
+    prompts: list[list[int]] = []
+    real = Engine.generate
+
+    def recorded(self, requests, *args, **kwargs):
+        prompts.extend(r.prompt_ids for r in requests)
+        return real(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", recorded)
+    out = tmp_path / "eval.json"
+    # a short canvas: this checks which problems run, not how well (the 1,024-token tiny model)
+    assert main(["eval", "--model", str(long_model_dir), "--task", "longform", "--split",
+                 "validation", "--n", "3", "--gen-length", "8", "--threads", "1",
+                 "--sampler", "threshold", "--json", str(out)]) == 0
+    tok = Tokenizer.from_file(str(long_model_dir / "tokenizer.json"))
+    assert prompts == [tok.encode(p.prompt).ids for p in make_split("validation", 3)]
+    assert json.loads(out.read_text())["task"] == "longform"
+
+
+def test_eval_task_and_data_exclude_each_other(long_model_dir, capsys):
+    data = Path(__file__).parents[1] / "tasks" / "samples" / "gsm8k_style.jsonl"
+    assert main(["eval", "--model", str(long_model_dir), "--task", "longform", "--data",
+                 str(data), "--sampler", "threshold", "--threads", "1"]) == 2
+    assert "--task" in capsys.readouterr().err
