@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
+from dataclasses import fields
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 FAMILIES = {"llada": "unmaskd.dllm.llada", "Dream": "unmaskd.dllm.dream",
             "sdar": "unmaskd.dllm.sdar", "llada2_moe": "unmaskd.dllm.llada2"}
@@ -52,6 +56,28 @@ class KVWriter(Protocol):
 
     def __call__(self, layer: int, k: torch.Tensor, v: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+
+
+def config_kwargs(cls: type, raw: dict, fixed: dict[str, tuple], ignored: set[str]) -> dict:
+    """The fields of config.json (`raw`) that the config dataclass `cls` takes. A field of
+    `fixed` whose value is not one the family implements is refused, naming it; fields neither
+    taken, fixed nor `ignored` (training-only) are logged and dropped."""
+    for name, allowed in fixed.items():
+        if name in raw and raw[name] not in allowed:
+            raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
+                              f"(this implementation needs {allowed[0]!r})")
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known - set(fixed) - ignored
+    if unknown:
+        log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
+    return {k: v for k, v in raw.items() if k in known}
+
+
+def build_config(cls: type, kwargs: dict):
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a missing required field
+        raise ConfigError(f"config.json: {e}") from None
 
 
 def family(model_type: object) -> ModuleType:

@@ -19,17 +19,15 @@ name, so it is loaded with transformers' built-in classes and `trust_remote_code
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from unmaskd.dllm.backend import ConfigError, KVWriter
+from unmaskd.dllm.backend import ConfigError, KVWriter, build_config, config_kwargs
 from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
 
-log = logging.getLogger(__name__)
 MODEL_TYPES = ("Dream",)
 WEIGHT_PREFIX = ""  # the module tree is named as the checkpoint keys
 
@@ -83,10 +81,6 @@ class DreamConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, mask_token_id: int | None = None) -> DreamConfig:
-        for name, allowed in _FIXED.items():
-            if name in raw and raw[name] not in allowed:
-                raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
-                                  f"(this implementation needs {allowed[0]!r})")
         raw = dict(raw)
         # transformers 5 writes rope_theta inside rope_parameters; only plain RoPE is implemented
         rope = raw.pop("rope_parameters", None)
@@ -100,21 +94,14 @@ class DreamConfig:
             raise ConfigError(f"config field head_dim={raw['head_dim']!r} is not supported "
                               "(this implementation needs hidden_size / num_attention_heads)")
         raw.pop("head_dim", None)
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known - set(_FIXED) - _IGNORED
-        if unknown:
-            log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
-        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
         if mask_token_id is not None:
             kwargs["mask_token_id"] = mask_token_id
         for required in ("mask_token_id", "eos_token_id"):
             if kwargs.get(required) is None:
                 raise ConfigError(f"config has no {required}; pass it explicitly "
                                   f"(Dream-v0-7B: --mask-token-id 151666)")
-        try:
-            return cls(**kwargs)
-        except TypeError as e:  # a missing required field
-            raise ConfigError(f"config.json: {e}") from None
+        return build_config(cls, kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -14,19 +14,16 @@ about decoding lives here: the engine passes a key/value cache writer (`kv`) whe
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from unmaskd.dllm.backend import ConfigError, KVWriter
+from unmaskd.dllm.backend import ConfigError, KVWriter, build_config, config_kwargs
 
-log = logging.getLogger(__name__)
 MODEL_TYPES = ("llada",)
 WEIGHT_PREFIX = "model."  # checkpoint keys are model.transformer.*; the module tree starts at
 # transformer
-
 
 
 # field -> the only value (or values) we implement; anything else is refused.
@@ -86,15 +83,7 @@ class LLaDAConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, mask_token_id: int | None = None) -> LLaDAConfig:
-        for name, allowed in _FIXED.items():
-            if name in raw and raw[name] not in allowed:
-                raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
-                                  f"(this implementation needs {allowed[0]!r})")
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known - set(_FIXED) - _IGNORED
-        if unknown:
-            log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
-        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
         if mask_token_id is not None:
             kwargs["mask_token_id"] = mask_token_id
         kwargs.setdefault("embedding_size", kwargs.get("vocab_size"))
@@ -103,10 +92,7 @@ class LLaDAConfig:
             if kwargs.get(required) is None:
                 raise ConfigError(f"config has no {required}; pass it explicitly "
                                   f"(LLaDA-8B: --mask-token-id 126336)")
-        try:
-            return cls(**kwargs)
-        except TypeError as e:  # a missing required field
-            raise ConfigError(f"config.json: {e}") from None
+        return build_config(cls, kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,18 +29,22 @@ sigmoid, a router dtype other than fp32, norm_head, split q/k/v weights, norm_to
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from unmaskd.dllm.backend import ConfigError, KVWriter, declared_token_id
+from unmaskd.dllm.backend import (
+    ConfigError,
+    KVWriter,
+    build_config,
+    config_kwargs,
+    declared_token_id,
+)
 from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
 from unmaskd.dllm.sdar import MLP, attention_inputs
 
-log = logging.getLogger(__name__)
 MODEL_TYPES = ("llada2_moe",)
 WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
 
@@ -133,15 +137,7 @@ class LLaDA2Config:
     @classmethod
     def from_dict(cls, raw: dict, mask_token_id: int | None = None,
                   model_dir: str | Path | None = None) -> LLaDA2Config:
-        for name, allowed in _FIXED.items():
-            if name in raw and raw[name] not in allowed:
-                raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
-                                  f"(this implementation needs {allowed[0]!r})")
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known - set(_FIXED) - _IGNORED
-        if unknown:
-            log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
-        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
         if mask_token_id is not None:
             kwargs["mask_token_id"] = mask_token_id
         for field, token in (("mask_token_id", "mask_token"), ("eos_token_id", "eos_token")):
@@ -150,10 +146,7 @@ class LLaDA2Config:
             if kwargs.get(field) is None:
                 raise ConfigError(f"the tokenizer files declare no {token} (LLaDA2's config has "
                                   f"no {field}); pass it explicitly")
-        try:
-            cfg = cls(**kwargs)
-        except TypeError as e:  # a missing required field
-            raise ConfigError(f"config.json: {e}") from None
+        cfg = build_config(cls, kwargs)
         if raw.get("rotary_dim") not in (None, cfg.rotary_dim):
             raise ConfigError(f"config field rotary_dim={raw['rotary_dim']!r} disagrees with "
                               f"head_dim * partial_rotary_factor = {cfg.rotary_dim}")

@@ -17,17 +17,22 @@ on asks for a different model than the one implemented here.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from unmaskd.dllm.backend import ConfigError, KVWriter, block_causal_bias, declared_token_id
+from unmaskd.dllm.backend import (
+    ConfigError,
+    KVWriter,
+    block_causal_bias,
+    build_config,
+    config_kwargs,
+    declared_token_id,
+)
 from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
 
-log = logging.getLogger(__name__)
 MODEL_TYPES = ("sdar",)
 WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
 
@@ -80,15 +85,7 @@ class SDARConfig:
     @classmethod
     def from_dict(cls, raw: dict, mask_token_id: int | None = None,
                   model_dir: str | Path | None = None) -> SDARConfig:
-        for name, allowed in _FIXED.items():
-            if name in raw and raw[name] not in allowed:
-                raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
-                                  f"(this implementation needs {allowed[0]!r})")
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known - set(_FIXED) - _IGNORED
-        if unknown:
-            log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
-        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
         if mask_token_id is not None:
             kwargs["mask_token_id"] = mask_token_id
         for field, token in (("mask_token_id", "mask_token"), ("eos_token_id", "eos_token")):
@@ -97,10 +94,7 @@ class SDARConfig:
             if kwargs.get(field) is None:
                 raise ConfigError(f"config has no {field} and the tokenizer declares no "
                                   f"{token}; pass it explicitly")
-        try:
-            return cls(**kwargs)
-        except TypeError as e:  # a missing required field
-            raise ConfigError(f"config.json: {e}") from None
+        return build_config(cls, kwargs)
 
     def to_dict(self) -> dict:
         return asdict(self)
