@@ -3,9 +3,10 @@
     model, tokenizer = load_dllm("path/to/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")
 
 A folder holds `config.json` (its `model_type` picks the backend file), `model.safetensors` (or
-shards + `model.safetensors.index.json`) and `tokenizer.json`. Weights are memory-mapped from
-safetensors and refused if any is not finite; nothing in the folder is executed (no
-`trust_remote_code`), and pickle files are never read.
+shards + `model.safetensors.index.json`) and `tokenizer.json`; one that `unmaskd train-dllm`
+trained on a task other than arithmetic also `unmaskd_task.json` (the task and its canvas).
+Weights are memory-mapped from safetensors and refused if any is not finite; nothing in the
+folder is executed (no `trust_remote_code`), and pickle files are never read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import save_file
 from unmaskd.dllm import backend
 from unmaskd.dllm.backend import ConfigError
 from unmaskd.dllm.llada import WEIGHT_PREFIX, LLaDAModel
+from unmaskd.tasks import TASKS
 
 
 class CheckpointError(ValueError):
@@ -142,6 +144,32 @@ def stop_token_ids(model_dir: str | Path) -> list[int]:
     return ids
 
 
+TASK_FILE = "unmaskd_task.json"  # beside config.json, which stays a plain LLaDA config
+
+
+def write_task_file(model_dir: Path, task: str, gen_length: int, block_length: int) -> None:
+    """Record the task suite a model was trained on and its canvas, for `unmaskd eval`."""
+    info = {"task": task, "gen_length": gen_length, "block_length": block_length}
+    (Path(model_dir) / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_task_file(model_dir: str | Path) -> dict:
+    """The folder's task record ({} if it has none: a model of no task, or an arithmetic one
+    exported before the file existed); refused, naming the file, if it is malformed."""
+    path = Path(model_dir) / TASK_FILE
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not (isinstance(info, dict) and info.get("task") in TASKS
+            and all(isinstance(info.get(k), int) for k in ("gen_length", "block_length"))):
+        raise CheckpointError(f"{path}: expected task (one of {sorted(TASKS)}), gen_length and "
+                              "block_length")
+    return info
+
+
 def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
     """Write config.json and model.safetensors (tokenizer files are copied by the caller)."""
     model_dir = Path(model_dir)
@@ -153,4 +181,5 @@ def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
     save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
-__all__ = ["CheckpointError", "ConfigError", "load_dllm", "read_config", "save_dllm"]
+__all__ = ["CheckpointError", "ConfigError", "load_dllm", "read_config", "read_task_file",
+           "save_dllm", "write_task_file"]

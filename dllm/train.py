@@ -2,6 +2,7 @@
 
     unmaskd train-dllm --out runs/dllm --threads 2   # ~85 min on 2 CPU cores, resumes if cut off
     unmaskd train-dllm --out runs/dllm --threads 2 --export dllm/embedded
+    unmaskd train-dllm --task longform --out runs/dllm-long --threads 2   # issue 19's long model
 
 Objective (LLaDA SFT): the prompt is never masked; every answer-canvas token, EOS padding
 included, is masked with probability t ~ U(eps, 1) drawn per sequence; cross-entropy on the
@@ -10,6 +11,9 @@ small model the 1/t-weighted loss is dominated by rare tiny-t sequences and dive
 in an earlier measurement, while the unweighted loss trains smoothly (see the model card).
 Schedule: 100 warm-up steps, then a linear decay to zero over the rest of the run, which beat
 warmup-stable-decay by 12 validation points at the same step count (the model card has both).
+`--task` picks the suite (tasks.TASKS) and with it the canvas, the validation blocks, the context,
+the tokenizer's corpus and the defaults (SETUPS); the checkpoint and the exported folder record
+it, so a resume cannot switch suites and `unmaskd eval --model DIR` evaluates the right one.
 """
 
 from __future__ import annotations
@@ -19,37 +23,59 @@ import json
 import math
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from unmaskd.dllm.checkpoint import save_dllm
+from unmaskd.dllm.checkpoint import save_dllm, write_task_file
 from unmaskd.dllm.llada import LLaDAConfig, LLaDAModel
 from unmaskd.dllm.tokenizer import train_tokenizer
-from unmaskd.tasks.arithmetic import make_split
-
-GEN_LENGTH = 48  # answer canvas L; the longest worked answer is 40 tokens
+from unmaskd.tasks import TASKS
 
 
-def model_config(tokenizer, d_model: int, n_layers: int) -> LLaDAConfig:
+@dataclass(frozen=True)
+class TaskSetup:
+    gen_length: int  # the answer canvas L
+    block_length: int  # validation decodes in blocks of this many tokens, 1 token per step
+    max_sequence_length: int  # the longest prompt + L, rounded up
+    tokenizer_suites: tuple[str, ...]  # the tasks whose train problems the tokenizer learns
+    defaults: dict = field(default_factory=dict)  # argparse defaults for this task
+
+
+SETUPS = {
+    # the longest worked answer is 40 tokens, the longest prompt 62
+    "arithmetic": TaskSetup(48, 12, 128, ("arithmetic",), dict(
+        steps=5600, batch_size=128, d_model=192, n_layers=4, val_every=800, val_n=200)),
+    # answers of 19-201 tokens, prompts up to 139 (both suites' tokenizer); blocks of 32 as in
+    # the paper's GSM8K setting. Defaults sized for ~150 minutes on 2 CPU cores (model card).
+    "longform": TaskSetup(256, 32, 512, ("arithmetic", "longform"), dict(
+        steps=2000, batch_size=32, d_model=192, n_layers=4, val_every=500, val_n=100)),
+}
+
+
+def model_config(tokenizer, d_model: int, n_layers: int,
+                 max_sequence_length: int = 128) -> LLaDAConfig:
     vocab = tokenizer.get_vocab_size()
     return LLaDAConfig(
         d_model=d_model, n_layers=n_layers, n_heads=4, n_kv_heads=4,
         mlp_hidden_size=int(8 * d_model / 3) // 32 * 32, vocab_size=vocab,
-        embedding_size=math.ceil(vocab / 64) * 64, max_sequence_length=128, rope_theta=10000.0,
+        embedding_size=math.ceil(vocab / 64) * 64, max_sequence_length=max_sequence_length,
+        rope_theta=10000.0,
         mask_token_id=tokenizer.token_to_id("<|mdm_mask|>"),
         eos_token_id=tokenizer.token_to_id("<|endoftext|>"),
         pad_token_id=tokenizer.token_to_id("<|endoftext|>"),
     )
 
 
-def encode_pool(tokenizer, problems, eos: int) -> tuple[list[list[int]], torch.Tensor]:
+def encode_pool(tokenizer, problems, eos: int, gen_length: int = SETUPS["arithmetic"].gen_length
+                ) -> tuple[list[list[int]], torch.Tensor]:
     """Prompt id lists and the [n, L] answer canvases padded with EOS."""
     prompts = [tokenizer.encode(p.prompt).ids for p in problems]
-    canvases = torch.full((len(problems), GEN_LENGTH), eos, dtype=torch.long)
+    canvases = torch.full((len(problems), gen_length), eos, dtype=torch.long)
     for i, p in enumerate(problems):
-        ids = tokenizer.encode(p.answer).ids[:GEN_LENGTH]
+        ids = tokenizer.encode(p.answer).ids[:gen_length]
         canvases[i, : len(ids)] = torch.tensor(ids)
     return prompts, canvases
 
@@ -58,8 +84,8 @@ def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Gen
                eps: float = 1e-3):
     """Left-padded [prompt | canvas] rows with the canvas masked at rate t per row."""
     plen = max(len(prompts[i]) for i in idx)
-    B = len(idx)
-    ids = torch.full((B, plen + GEN_LENGTH), pad_id, dtype=torch.long)
+    B, L = len(idx), canvases.shape[1]
+    ids = torch.full((B, plen + L), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids, dtype=torch.bool)
     for r, i in enumerate(idx.tolist()):
         p = prompts[i]
@@ -67,7 +93,7 @@ def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Gen
         attn[r, plen - len(p):] = True
     target = canvases[idx]
     t = eps + (1 - eps) * torch.rand(B, 1, generator=gen)
-    masked = torch.rand(B, GEN_LENGTH, generator=gen) < t
+    masked = torch.rand(B, L, generator=gen) < t
     ids[:, plen:] = torch.where(masked, mask_id, target)
     return ids, attn, target, masked
 
@@ -84,7 +110,7 @@ def batch_loss_backward(model, ids, attn, target, masked, micro_batches: int) ->
     total = torch.zeros(())
     for rows in lengths.argsort().chunk(micro_batches):
         start = ids.shape[1] - int(lengths[rows].max())
-        logits = model(ids[rows, start:], attn[rows, start:])[:, -GEN_LENGTH:]
+        logits = model(ids[rows, start:], attn[rows, start:])[:, -target.shape[1]:]
         m = masked[rows]
         loss = F.cross_entropy(logits[m], target[rows][m], reduction="sum") / n_masked
         loss.backward()
@@ -106,21 +132,31 @@ def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0
     return peak * (1 - (1 - final_frac) * done)
 
 
-def validate(model_dir: Path, n: int) -> float:
-    """Accuracy with top-k confidence decoding at 1 token/step in blocks of L/4 (the engine)."""
+def validate(model_dir: Path, n: int, task: str) -> float:
+    """Accuracy with top-k confidence decoding at 1 token/step in the task's blocks (the
+    engine)."""
     from unmaskd.engine.evaluate import (
         evaluate_spec,  # one decoding loop in the project: the engine's
     )
 
+    setup = SETUPS[task]
     return evaluate_spec(model_dir, "validation", n, "topk_confidence",
-                         block_length=GEN_LENGTH // 4, steps=GEN_LENGTH)["accuracy"]
+                         block_length=setup.block_length, steps=setup.gen_length,
+                         gen_length=setup.gen_length, task=task)["accuracy"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def _per_task(key: str) -> str:
+    return "default per --task: " + ", ".join(f"{t} {s.defaults[key]}" for t, s in SETUPS.items())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="unmaskd train-dllm", description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=sorted(SETUPS), default="arithmetic",
+                    help="the task suite; it sets the canvas (48 or 256 tokens) and "
+                         "several defaults")
     ap.add_argument("--out", type=Path, default=Path("runs/dllm"))
-    ap.add_argument("--steps", type=int, default=5600)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, help=_per_task("steps"))
+    ap.add_argument("--batch-size", type=int, help=_per_task("batch_size"))
     ap.add_argument("--micro-batches", type=int, default=4,
                     help="length-sorted slices a batch is computed in (same gradient, less "
                          "padding: 0.78 instead of 0.95 s per step at 4)")
@@ -130,11 +166,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="fraction of the steps spent decaying the lr linearly")
     ap.add_argument("--final-lr-frac", type=float, default=0.0,
                     help="the lr at the end of the decay, as a fraction of --lr")
-    ap.add_argument("--d-model", type=int, default=192)
-    ap.add_argument("--n-layers", type=int, default=4)
+    ap.add_argument("--d-model", type=int, help=_per_task("d_model"))
+    ap.add_argument("--n-layers", type=int, help=_per_task("n_layers"))
     ap.add_argument("--pool", type=int, default=100_000, help="distinct training problems")
-    ap.add_argument("--val-every", type=int, default=800)
-    ap.add_argument("--val-n", type=int, default=200)
+    ap.add_argument("--val-every", type=int, help=_per_task("val_every"))
+    ap.add_argument("--val-n", type=int, help=_per_task("val_n"))
     ap.add_argument("--ckpt-every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -142,27 +178,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stop-at", type=int, default=None,
                     help="checkpoint and stop after this step, schedule unchanged (continue by "
                          "re-running without it): for runs longer than one sitting")
-    args = ap.parse_args(argv)
+    # some defaults are the task's, so --task is read first
+    ap.set_defaults(**SETUPS[ap.parse_known_args(argv)[0].task].defaults)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    out = args.out
+    out, setup = args.out, SETUPS[args.task]
+    log_path, ckpt_path = out / "log.jsonl", out / "ckpt.pt"
+    state = torch.load(ckpt_path, weights_only=True) if ckpt_path.exists() else None
+    # checkpoints written before --task existed are arithmetic ones
+    if state is not None and state.get("task", "arithmetic") != args.task:
+        raise SystemExit(f"error: {ckpt_path} was trained with --task "
+                         f"{state.get('task', 'arithmetic')}; resume it with that --task, or "
+                         "pass another --out")
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(tok_dir)
+        train_tokenizer(tok_dir, splits=[TASKS[t].make_split for t in setup.tokenizer_suites])
     from tokenizers import Tokenizer
     tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    cfg = model_config(tokenizer, args.d_model, args.n_layers)
+    cfg = model_config(tokenizer, args.d_model, args.n_layers, setup.max_sequence_length)
     torch.manual_seed(args.seed)
     model = LLaDAModel(cfg)
     model.init_weights(seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
-    prompts, canvases = encode_pool(tokenizer, make_split("train", args.pool), cfg.eos_token_id)
-    log_path, ckpt_path = out / "log.jsonl", out / "ckpt.pt"
+    prompts, canvases = encode_pool(tokenizer, TASKS[args.task].make_split("train", args.pool),
+                                    cfg.eos_token_id, setup.gen_length)
+    if max(map(len, prompts)) + setup.gen_length > cfg.max_sequence_length:
+        raise SystemExit(f"a {args.task} prompt + canvas exceeds the {cfg.max_sequence_length}-"
+                         "token context: raise its TaskSetup.max_sequence_length")
     step = 0
-    if ckpt_path.exists():  # resume exactly: weights, optimiser, data RNG
-        state = torch.load(ckpt_path, weights_only=True)
+    if state is not None:  # resume exactly: weights, optimiser, data RNG
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -199,26 +250,31 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.ckpt_every == 0 or step in (args.steps, stop):
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "step": step}, tmp)
+                        "gen": gen.get_state(), "step": step, "task": args.task}, tmp)
             tmp.replace(ckpt_path)
-            export(model, tokenizer, tok_dir, out / "model")
+            export(model, tokenizer, tok_dir, out / "model", args.task)
         if args.val_every and (step % args.val_every == 0 or step == args.steps):
             model.eval()
-            export(model, tokenizer, tok_dir, out / "model")
-            record["val_accuracy"] = validate(out / "model", args.val_n)
+            export(model, tokenizer, tok_dir, out / "model", args.task)
+            record["val_accuracy"] = validate(out / "model", args.val_n, args.task)
             bar.write(f"step {step}: validation accuracy {record['val_accuracy']:.3f}")
             model.train()
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
     bar.close()
     if args.export and step == args.steps:
-        export(model, tokenizer, tok_dir, args.export)
+        export(model, tokenizer, tok_dir, args.export, args.task)
 
 
-def export(model: LLaDAModel, tokenizer, tok_dir: Path, model_dir: Path) -> None:
+def export(model: LLaDAModel, tokenizer, tok_dir: Path, model_dir: Path, task: str) -> None:
     save_dllm(model, model_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tok_dir / name, model_dir / name)
+    # A folder without the file is an arithmetic model at canvas 48 (the embedded one and every
+    # folder exported before --task): the arithmetic export stays byte-for-byte what it was.
+    if task != "arithmetic":
+        setup = SETUPS[task]
+        write_task_file(model_dir, task, setup.gen_length, setup.block_length)
 
 
 if __name__ == "__main__":

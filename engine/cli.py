@@ -76,6 +76,7 @@ def cmd_generate(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
+    from unmaskd.dllm.checkpoint import CheckpointError, read_task_file
     from unmaskd.engine.evaluate import run_eval
     from unmaskd.engine.sequence import InvalidRequest
     from unmaskd.tasks import TASKS
@@ -110,13 +111,19 @@ def cmd_eval(argv: list[str]) -> int:
     add_model_args(ap)
     args = ap.parse_args(argv)
     engine = engine_from_args(args)
-    block_length = resolve_block_length(args.block_length,
-                                         args.gen_length or engine.default_gen_length)
     try:
-        run_eval(engine, args.split or "test", args.n, args.sampler, block_length, args.gen_length,
+        # a folder trained on a task names it and its canvas (dllm/train.py): the defaults,
+        # unless --data or another --task asks for other problems
+        trained = {} if args.data else read_task_file(args.model)
+        if args.task not in (None, trained.get("task")):
+            trained = {}  # another task's problems: the model's canvas is not theirs
+        gen_length = args.gen_length or trained.get("gen_length")
+        block_length = resolve_block_length(args.block_length or trained.get("block_length"),
+                                            gen_length or engine.default_gen_length)
+        run_eval(engine, args.split or "test", args.n, args.sampler, block_length, gen_length,
                  args.json, args.plot, args.batch_size, data=args.data, checker=args.checker,
-                 task=args.task)
-    except (InvalidRequest, DataError) as e:
+                 task=args.task or trained.get("task"))
+    except (InvalidRequest, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

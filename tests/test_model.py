@@ -159,8 +159,11 @@ def test_training_is_seed_deterministic_and_resumes_exactly(tmp_path):
     train_dllm(["--out", str(tmp_path / "b")] + common)
     a = torch.load(tmp_path / "a/ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "b/ckpt.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
+    assert a["step"] == b["step"] == 6 and a["task"] == "arithmetic"
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # the arithmetic folder is what it was before --task: no task file, a 128-token context
+    assert not (tmp_path / "a/model/unmaskd_task.json").exists()
+    assert load_dllm(tmp_path / "a/model")[0].config.max_sequence_length == 128
     assert torch.equal(a["gen"], b["gen"])
     log = [[json.loads(ln)["loss"] for ln in (tmp_path / d / "log.jsonl").read_text().splitlines()]
            for d in "ab"]

@@ -1,0 +1,103 @@
+"""`unmaskd train-dllm --task longform` (issue 19): the 256-token-canvas model's training runs,
+resumes exactly, records its task, and `unmaskd eval` defaults to that task and canvas."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from unmaskd.dllm import train
+from unmaskd.dllm.checkpoint import TASK_FILE, load_dllm, read_task_file
+from unmaskd.engine.cli import main as cli
+from unmaskd.tasks import arithmetic, longform
+
+TINY = ["--task", "longform", "--steps", "4", "--batch-size", "2", "--d-model", "32",
+        "--n-layers", "1", "--pool", "16", "--val-every", "4", "--val-n", "2", "--warmup", "2",
+        "--ckpt-every", "100", "--micro-batches", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, list]:
+    """A straight 4-step run exported to a/export, and b: the same run stopped after 2 steps and
+    resumed. The tokenizer trains on 2,000 problems per suite instead of 20,000 (speed only);
+    the suites it was asked for are recorded."""
+    root = tmp_path_factory.mktemp("long")
+    suites: list = []
+    real = train.train_tokenizer
+
+    def fast_tokenizer(out_dir, splits):
+        suites.append(list(splits))
+        return real(out_dir, n_problems=2000, splits=splits)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "train_tokenizer", fast_tokenizer)
+        train.main(["--out", str(root / "a"), "--export", str(root / "a/export")] + TINY)
+        train.main(["--out", str(root / "b"), "--stop-at", "2"] + TINY)
+        assert torch.load(root / "b/ckpt.pt", weights_only=True)["step"] == 2
+        train.main(["--out", str(root / "b")] + TINY)
+    return root, suites
+
+
+def test_longform_run_resumes_exactly_with_both_suites_tokenizer(runs):
+    root, suites = runs
+    assert suites == [[arithmetic.make_split, longform.make_split]] * 2
+    a, b = (torch.load(root / d / "ckpt.pt", weights_only=True) for d in "ab")
+    assert a["step"] == b["step"] == 4 and a["task"] == b["task"] == "longform"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    logs = [[json.loads(ln) for ln in (root / d / "log.jsonl").read_text().splitlines()]
+            for d in "ab"]
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]] and len(logs[0]) == 4
+    # validated at the last step on longform's validation split at 1 token/step in blocks of 32
+    assert logs[0][-1]["val_accuracy"] == logs[1][-1]["val_accuracy"]
+
+
+def test_export_loads_and_records_task_and_canvas(runs):
+    root, _ = runs
+    model, _ = load_dllm(root / "a/export")
+    assert model.config.max_sequence_length == 512  # the longest prompt (139) + 256, rounded
+    assert read_task_file(root / "a/export") == {"task": "longform", "gen_length": 256,
+                                                 "block_length": 32}
+    config = json.loads((root / "a/export/config.json").read_text())
+    assert "task" not in config  # config.json stays a plain LLaDA config
+
+
+def test_resume_with_another_task_is_refused(runs):
+    root, _ = runs
+    with pytest.raises(SystemExit, match="--task longform"):
+        train.main(["--out", str(root / "b")])  # the default task: arithmetic
+
+
+def test_eval_defaults_to_the_folders_task_and_canvas(runs, tmp_path):
+    model = str(runs[0] / "a/export")
+    common = ["eval", "--model", model, "--split", "validation", "--n", "2",
+              "--sampler", "topk_confidence:steps=8"]
+    assert cli(common + ["--json", str(tmp_path / "own.json")]) == 0
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert (own["task"], own["gen_length"], own["block_length"]) == ("longform", 256, 32)
+    assert own["results"][0]["steps"] == 8
+    # another task asked for: its problems at the engine's default canvas, not the folder's
+    assert cli(common + ["--task", "arithmetic", "--json", str(tmp_path / "other.json")]) == 0
+    other = json.loads((tmp_path / "other.json").read_text())
+    assert (other["task"], other["gen_length"], other["block_length"]) == ("arithmetic", None,
+                                                                           None)
+
+
+def test_malformed_task_file_is_refused_naming_it(runs, tmp_path, capsys):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in (runs[0] / "a/export").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    (folder / TASK_FILE).write_text('{"task": "poetry", "gen_length": 256, "block_length": 32}')
+    assert cli(["eval", "--model", str(folder), "--n", "1", "--sampler", "topk_confidence"]) == 2
+    assert TASK_FILE in capsys.readouterr().err
+
+
+def test_arithmetic_defaults_are_unchanged():
+    args = train.parse_args([])
+    assert (args.task, args.steps, args.batch_size, args.d_model, args.n_layers, args.val_every,
+            args.val_n, args.pool, args.micro_batches) == (
+        "arithmetic", 5600, 128, 192, 4, 800, 200, 100_000, 4)
+    setup = train.SETUPS["arithmetic"]
+    assert (setup.gen_length, setup.block_length, setup.max_sequence_length) == (48, 12, 128)
+    long = train.parse_args(["--task", "longform", "--steps", "7"])
+    assert long.steps == 7 and long.batch_size == train.SETUPS["longform"].defaults["batch_size"]
