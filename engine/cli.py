@@ -94,8 +94,10 @@ def cmd_eval(argv: list[str]) -> int:
                              "model's chat template) and 'answer' (the final answer, or a "
                              "solution ending in '#### N')")
     ap.add_argument("--task", choices=sorted(TASKS),
-                    help="the built-in task (default: arithmetic); longform's answers are "
-                         "written for a 256-token canvas (--gen-length 256)")
+                    help="the built-in task (default: the one the model folder's "
+                         "unmaskd_task.json names, with its canvas and blocks; else "
+                         "arithmetic); longform's answers are written for a 256-token canvas "
+                         "(--gen-length 256)")
     ap.add_argument("--checker", type=checker_arg, metavar="final-number|exact|regex:PATTERN",
                     help="with --data: " + CHECKERS_HELP)
     ap.add_argument("--n", type=int,

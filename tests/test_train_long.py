@@ -54,7 +54,7 @@ def test_longform_run_resumes_exactly_with_both_suites_tokenizer(runs):
 def test_export_loads_and_records_task_and_canvas(runs):
     root, _ = runs
     model, _ = load_dllm(root / "a/export")
-    assert model.config.max_sequence_length == 512  # the longest prompt (139) + 256, rounded
+    assert model.config.max_sequence_length == 512  # the longest prompt (144) + 256, rounded
     assert read_task_file(root / "a/export") == {"task": "longform", "gen_length": 256,
                                                  "block_length": 32}
     config = json.loads((root / "a/export/config.json").read_text())
