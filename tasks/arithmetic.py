@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 NAMES = [
@@ -53,12 +54,12 @@ def format_prompt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def is_held_out(value: int, op: str, operand: int) -> bool:
-    return _stable_hash(f"{value}{op}{operand}") % 8 == 0
+    return stable_hash(f"{value}{op}{operand}") % 8 == 0
 
 
 def _next_step(rng: random.Random, x: int) -> tuple[str, int] | None:
@@ -124,15 +125,23 @@ def generate(seed: int, steps: int | None = None) -> Problem:
 
 def make_split(split: str, n: int, steps: int | None = None, offset: int = 0) -> list[Problem]:
     """The first n problems of a split (after skipping `offset`), deterministic."""
+    return draw_split(split, n, offset, lambda seed: generate(seed, steps))
+
+
+def draw_split(split: str, n: int, offset: int,
+               generate_one: Callable[[int], Problem]) -> list[Problem]:
+    """The first n problems from `generate_one(seed)` over the split's own seeds that fall into
+    its own hash buckets (so no question text is in two splits); outside the test split,
+    problems with a held-out step are skipped. Shared by every built-in task suite."""
     if split not in SPLIT_SEED_BASE:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEED_BASE)}")
     out: list[Problem] = []
     seed = SPLIT_SEED_BASE[split]
     skipped = 0
     while len(out) < n:
-        p = generate(seed, steps)
+        p = generate_one(seed)
         seed += 1
-        if _stable_hash(p.question) % 100 not in SPLIT_BUCKETS[split]:
+        if stable_hash(p.question) % 100 not in SPLIT_BUCKETS[split]:
             continue
         if split != "test" and p.unseen:
             continue

@@ -28,11 +28,17 @@ its longer problems mostly use some combination never seen in training (`Problem
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import re
 
-from unmaskd.tasks.arithmetic import NAMES, OBJECTS, SPLIT_BUCKETS, SPLIT_SEED_BASE, Problem
+from unmaskd.tasks.arithmetic import (
+    NAMES,
+    OBJECTS,
+    SPLIT_SEED_BASE,
+    Problem,
+    draw_split,
+    stable_hash,
+)
 
 GEN_LENGTH = 256  # the answer canvas L, as in the paper's GSM8K setting
 MAX_STEPS = 8
@@ -41,13 +47,9 @@ MAX_VALUE = 99
 OTHER_THINGS = ["hats", "dogs", "plates", "chairs", "kites", "cups"]
 
 
-def _stable_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
 def is_held_out(value: int, op: str, operand: int) -> bool:
     # salted, so the held-out set is not the arithmetic suite's
-    return _stable_hash(f"longform{value}{op}{operand}") % 8 == 0
+    return stable_hash(f"longform{value}{op}{operand}") % 8 == 0
 
 
 def _apply(x: int, op: str, y: int) -> int:
@@ -153,22 +155,11 @@ def generate(seed: int, steps: int | None = None, allow_held_out: bool = True) -
 
 
 def make_split(split: str, n: int, steps: int | None = None, offset: int = 0) -> list[Problem]:
-    """The first n problems of a split (after skipping `offset`), deterministic."""
-    if split not in SPLIT_SEED_BASE:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEED_BASE)}")
-    out: list[Problem] = []
-    seed = SPLIT_SEED_BASE[split]
-    skipped = 0
-    while len(out) < n:
-        p = generate(seed, steps, allow_held_out=split == "test")
-        seed += 1
-        if _stable_hash(p.question) % 100 not in SPLIT_BUCKETS[split]:
-            continue
-        if skipped < offset:
-            skipped += 1
-            continue
-        out.append(p)
-    return out
+    """The first n problems of a split (after skipping `offset`), deterministic. Train and
+    validation problems are generated without held-out steps rather than filtered afterwards,
+    so their step counts stay uniform."""
+    return draw_split(split, n, offset,
+                      lambda seed: generate(seed, steps, allow_held_out=split == "test"))
 
 
 _FINAL = re.compile(r"####\s*(-?\d+)")
