@@ -37,9 +37,11 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--sampler", default="topk_confidence")
     ap.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--gen-length", type=int)
+    ap.add_argument("--gen-length", type=int,
+                    help="canvas (default: --default-gen-length)")
     ap.add_argument("--block-length", type=block_length_arg,
-                    help="N or 'full' (default: gen length / 4; Dream: full)")
+                    help="N or 'full' (default: the block length the folder's "
+                         "unmaskd_task.json records, else gen length / 4; Dream: full)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -105,7 +107,7 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("--sampler", action="append", required=True, metavar="SPEC",
                     help="name or name:key=value,key=v1|v2 (a sweep); repeatable")
     ap.add_argument("--block-length", type=block_length_arg,
-                    help="N or 'full' (default: gen length / 4; Dream: full)")
+                    help="N or 'full' (default: the task's, else gen length / 4; Dream: full)")
     ap.add_argument("--gen-length", type=int)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--json", type=Path, help="results, rewritten after each configuration")

@@ -102,6 +102,25 @@ def nfe_if_stopped_at_eos(token_ids: list[int], trace: list[int], nfe: int, eos:
     return nfe
 
 
+def early_eos(token_ids: list[int], trace: list[int], eos: int) -> int:
+    """EOS padding committed while a position before it was still masked: the padding decided
+    before the text it ends (what confidence rules do first on a long canvas)."""
+    first_masked_after: list[int] = []  # per position: the step the last earlier one was filled
+    latest = -1
+    for step in trace:
+        first_masked_after.append(latest)
+        latest = max(latest, step)
+    return sum(1 for tok, step, before in zip(token_ids, trace, first_masked_after)
+               if tok == eos and step < before)
+
+
+def shorter_than_reference(token_ids: list[int], reference_tokens: int, eos: int) -> bool:
+    """The answer's text (up to its first EOS) is shorter than the reference solution's: on the
+    built-in tasks, whose solutions have one fixed form, a sign that padding cut it off."""
+    length = token_ids.index(eos) if eos in token_ids else len(token_ids)
+    return length < reference_tokens
+
+
 def evaluate_configs(engine: Engine, problems, configs: list[Config], block_length: int | None,
                      gen_length: int | None, batch_size: int = 128, progress: bool = True,
                      check: Callable[[str, object], bool] = check_answer,
@@ -111,6 +130,9 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
     `on_row` sees each row as soon as its configuration finishes."""
     tok = engine.tokenizer
     prompts = [tok(p.prompt)["input_ids"] for p in problems]
+    # built-in problems carry their worked solution; --data ones may hold only the final answer
+    reference_tokens = [len(tok(p.answer)["input_ids"]) if hasattr(p, "steps") else 0
+                        for p in problems]
     batches = [[GenerationRequest(prompt_ids=ids, sampler=cfg.sampler, sampler_params=cfg.params,
                                   gen_length=gen_length, block_length=block_length,
                                   steps=cfg.steps, seed=i) for i, ids in enumerate(prompts)]
@@ -135,6 +157,9 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
         nfe = [r.nfe for r in results]
         nfe_eos = [nfe_if_stopped_at_eos(r.token_ids, r.trace, r.nfe, engine.eos_id)
                    for r in results]
+        early = [early_eos(r.token_ids, r.trace, engine.eos_id) for r in results]
+        short = [shorter_than_reference(r.token_ids, n_ref, engine.eos_id)
+                 for r, n_ref in zip(results, reference_tokens) if n_ref]
         by_level: dict[int, list[bool]] = {}
         for p, c in zip(problems, correct):
             if getattr(p, "steps", None) is not None:  # --data problems have no level
@@ -146,6 +171,8 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
             "accuracy_by_level": {lvl: sum(v) / len(v) for lvl, v in sorted(by_level.items())},
             "mean_nfe": sum(nfe) / n, "mean_nfe_stop_at_eos": sum(nfe_eos) / n,
             "tokens_per_step": sum(r.gen_length / r.nfe for r in results) / n,
+            "early_eos": sum(early) / n,
+            "shorter_than_reference": sum(short) / len(short) if short else None,
             "seqs_per_s": n / elapsed,
         })
         if on_row is not None:

@@ -92,7 +92,7 @@ class StepReport:
 class Engine:
     def __init__(self, model, tokenizer, default_gen_length: int = 48,
                  device: str | torch.device = "cpu", cache: str = "none",
-                 stop_token_ids: list[int] | None = None):
+                 stop_token_ids: list[int] | None = None, default_block_length: int | None = None):
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
         self.model = model
@@ -104,7 +104,10 @@ class Engine:
         # Block-diffusion models (block-causal attention) decode blocks aligned to position 0
         # over an exact cache of finished blocks; the model says so, not its family.
         self.aligned_block = model.block_size if getattr(model, "block_causal", False) else None
+        # The canvas and block length a request gets when it names none: a model trained on a
+        # task records its own (unmaskd_task.json); else 48 and LLaDA's L/4.
         self.default_gen_length = default_gen_length
+        self.default_block_length = default_block_length
         self.mask_id = self.cfg.mask_token_id
         self.eos_id = self.cfg.eos_token_id
         # What ends an answer: EOS, and any other stop token the checkpoint's
@@ -119,14 +122,17 @@ class Engine:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu", dtype=torch.float32,
-                 mask_token_id: int | None = None, default_gen_length: int = 48,
+                 mask_token_id: int | None = None, default_gen_length: int | None = None,
                  cache: str = "none") -> Engine:
-        from unmaskd.dllm.checkpoint import load_dllm, stop_token_ids
+        """`default_gen_length` None: the canvas the folder's unmaskd_task.json records, else
+        48; its block length is the default wherever it divides the canvas."""
+        from unmaskd.dllm.checkpoint import load_dllm, read_task_file, stop_token_ids
 
         model, tokenizer = load_dllm(model_dir, dtype=dtype, device=device,
                                      mask_token_id=mask_token_id)
-        return cls(model, tokenizer, default_gen_length, device, cache,
-                   stop_token_ids(model_dir))
+        trained = read_task_file(model_dir)
+        return cls(model, tokenizer, default_gen_length or trained.get("gen_length", 48), device,
+                   cache, stop_token_ids(model_dir), trained.get("block_length"))
 
     @property
     def cache_bytes(self) -> int:
@@ -140,7 +146,13 @@ class Engine:
             req = replace(req, sampler_params={**defaults, **req.sampler_params})
         return validate(req, self.default_gen_length, self.cfg.max_sequence_length,
                         self.cfg.vocab_size, self.aligned_block,
-                        getattr(self.model, "default_block_length", None) == "full")
+                        getattr(self.model, "default_block_length", None) == "full",
+                        self.default_block_length)
+
+    def default_canvas(self) -> tuple[int, int]:
+        """The canvas and block length of a request that names neither (for clients' forms)."""
+        vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence"))
+        return self.default_gen_length, vr.block_length
 
     def add(self, req: GenerationRequest | ValidatedRequest) -> int:
         vr = req if isinstance(req, ValidatedRequest) else self.validate(req)

@@ -46,7 +46,7 @@ def load_policies(policies_dir: Path, model_dir: Path) -> list[str]:
 
 def build_engine(model: Path, device: str = "cpu", dtype: str = "auto",
                  mask_token_id: int | None = None, cache: str = "none",
-                 policies: Path | None = None, default_gen_length: int = 48,
+                 policies: Path | None = None, default_gen_length: int | None = None,
                  threads: int = 0) -> Engine:
     """The engine, and the policies in `policies` if given; raises the loader's error
     (CheckpointError, ConfigError, OSError) for the caller to report."""
@@ -76,7 +76,9 @@ def add_model_args(ap: argparse.ArgumentParser, serving: bool = True) -> None:
     ap.add_argument("--cache", default="none", choices=CACHE_MODES,
                     help="key/value cache: none, or Fast-dLLM's prefix or dual cache")
     if serving:
-        ap.add_argument("--default-gen-length", type=int, default=48)
+        ap.add_argument("--default-gen-length", type=int, default=None,
+                        help="canvas of requests that name none (default: the one the model "
+                             "folder's unmaskd_task.json records, else 48)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
 
@@ -87,7 +89,7 @@ def engine_from_args(args: argparse.Namespace, default_gen_length: int | None = 
 
     serving = hasattr(args, "policies")
     policies = (args.policies or args.model / "policies") if serving else None
-    gen_length = default_gen_length or getattr(args, "default_gen_length", 48)
+    gen_length = default_gen_length or getattr(args, "default_gen_length", None)
     try:
         return build_engine(args.model, args.device, args.dtype, args.mask_token_id, args.cache,
                             policies, gen_length, args.threads)

@@ -26,8 +26,8 @@ class GenerationRequest:
     sampler: str = "topk_confidence"
     sampler_params: dict = field(default_factory=dict)
     gen_length: int | None = None  # None: the engine's default canvas
-    block_length: int | None = None  # None: L/4 (or the largest divisor of L below it); L for
-    # models that decode one block by default (Dream)
+    block_length: int | None = None  # None: the model's trained block length if it divides
+    # L, else L/4 (or the largest divisor of L below it); L for Dream (one block by default)
     steps: int | None = None  # None: gen_length (a cap for adaptive samplers)
     temperature: float = 0.0
     seed: int = 0
@@ -86,10 +86,12 @@ def parse_sampler_params(sampler: str, raw: dict) -> tuple[type[Sampler], Sample
 
 def validate(req: GenerationRequest, default_gen_length: int, max_sequence_length: int,
              vocab_size: int, aligned_block: int | None = None,
-             full_block: bool = False) -> ValidatedRequest:
+             full_block: bool = False, trained_block: int | None = None) -> ValidatedRequest:
     """`aligned_block`: the model is block-diffusion with this default block length; blocks are
     aligned to the prompt's start and the canvas grows until prompt + canvas fill whole blocks.
-    `full_block`: the model decodes the whole canvas as one block unless asked (Dream)."""
+    `full_block`: the model decodes the whole canvas as one block unless asked (Dream).
+    `trained_block`: the block length the model was trained to decode in (its task's record),
+    the default wherever it divides the canvas."""
     if not req.prompt_ids:
         raise InvalidRequest("prompt", "must not be empty")
     if any(not 0 <= t < vocab_size for t in req.prompt_ids):
@@ -113,8 +115,14 @@ def validate(req: GenerationRequest, default_gen_length: int, max_sequence_lengt
         raise InvalidRequest("gen_length", f"{gen_length} does not fit: prompt is "
                              f"{len(req.prompt_ids)} tokens, model limit {max_sequence_length}")
     if aligned_block is None:
-        block_length = (req.block_length if req.block_length is not None
-                        else gen_length if full_block else default_block_length(gen_length))
+        if req.block_length is not None:
+            block_length = req.block_length
+        elif full_block:
+            block_length = gen_length
+        elif trained_block and gen_length % trained_block == 0:
+            block_length = trained_block
+        else:
+            block_length = default_block_length(gen_length)
         if block_length < 1 or gen_length % block_length:
             raise InvalidRequest("block_length", f"{block_length} must divide the canvas length "
                                  f"{gen_length}")

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+from unmaskd.dllm.checkpoint import read_task_file
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.model_args import (
     add_model_args,
@@ -62,7 +63,8 @@ from unmaskd.sampler_plugins.policy_store import (
     model_fingerprint,
     save_policy,
 )
-from unmaskd.tasks.arithmetic import Problem, check_answer, make_split
+from unmaskd.tasks import TASKS
+from unmaskd.tasks.arithmetic import Problem, check_answer
 from unmaskd.tasks.jsonl import (
     CHECKERS_HELP,
     DEFAULT_CHECKER,
@@ -93,8 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_model_args(ap, serving=False)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default=None, help="policy name (default: the --out folder name)")
-    ap.add_argument("--gen-length", type=int, default=48)
-    ap.add_argument("--block-length", type=block_length_arg, default=12, help="N or 'full'")
+    ap.add_argument("--task", choices=sorted(TASKS),
+                    help="the built-in task whose train split the rollouts draw from (default: "
+                         "the one the model folder's unmaskd_task.json names, else arithmetic)")
+    ap.add_argument("--gen-length", type=int,
+                    help="canvas (default: the folder's unmaskd_task.json, else 48)")
+    ap.add_argument("--block-length", type=block_length_arg,
+                    help="N or 'full' (default: the folder's unmaskd_task.json, else L/4)")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--features", default="confidence",
                     help=f"comma-separated subset of {','.join(FEATURES)}")
@@ -187,8 +194,12 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     world = dist.get_world_size() if distributed else 1
     model_dir = args.model
     engine = engine_from_args(args, default_gen_length=args.gen_length)
-    L = args.gen_length
-    block_length = resolve_block_length(args.block_length, L)
+    # the model folder's task and canvas unless the flags say otherwise, resolved before the
+    # run's settings are recorded (so a resume compares numbers, not defaults)
+    L, default_block = engine.default_canvas()
+    args.gen_length = L
+    args.block_length = block_length = resolve_block_length(args.block_length, L) or default_block
+    args.task = args.task or (None if args.data else read_task_file(model_dir).get("task"))
     problems, val_problems, check = training_data(
         args, engine, args.iterations * args.prompts_per_step * world)
     reward_fn = reward_fn or task_reward(args.alpha, check)
@@ -371,7 +382,11 @@ def training_data(args: argparse.Namespace, engine: Engine, n: int
         if args.data is None:
             if args.checker is not None:
                 raise DataError("--checker scores --data files; the built-in task keeps its own")
-            return make_split("train", n), make_split("validation", val_n), check_answer
+            suite = TASKS[args.task or "arithmetic"]
+            return (suite.make_split("train", n), suite.make_split("validation", val_n),
+                    suite.check_answer)
+        if args.task is not None:
+            raise DataError("--task names a built-in task; --data brings its own problems")
         checker = args.checker or DEFAULT_CHECKER
         examples = load_jsonl(args.data, engine.tokenizer, checker,
                               engine.cfg.max_sequence_length - args.gen_length)
@@ -437,7 +452,7 @@ def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world
         "training": {
             "command": "unmaskd train-policy " + " ".join(argv),
             "data": f"{args.data} (checker {args.checker or DEFAULT_CHECKER})" if args.data
-            else "tasks.arithmetic train split", "iterations": args.iterations,
+            else f"tasks.{args.task or 'arithmetic'} train split", "iterations": args.iterations,
             "group_size": args.group_size, "prompts_per_step": args.prompts_per_step,
             "world_size": world, "lr": args.lr, "mu": args.mu, "clip": args.clip,
             "expert_rollouts": args.expert_rollouts, "expert_threshold": args.expert_threshold,

@@ -249,6 +249,9 @@ def _routes() -> APIRouter:
                 "samplers": [describe_sampler(n, c)
                              for n, c in sorted(registered_samplers().items())],
                 "policies": service.policies(),
+                # what a request that names no canvas gets (the playground's form defaults)
+                "canvas": dict(zip(("gen_length", "block_length"),
+                                   service.engine.default_canvas())),
                 "skipped_policies": dict(STORE.skipped)}  # name -> why it was not loaded
 
     return router

@@ -65,3 +65,24 @@ def test_json_keeps_the_finished_configurations_of_an_interrupted_run(tiny_model
     assert [r["label"] for r in data["results"]] == ["topk_confidence:steps=8",
                                                      "topk_confidence:steps=4"]
     assert data["complete"] is False
+
+
+def test_early_eos_counts_padding_committed_before_the_text_it_ends():
+    from unmaskd.engine.evaluate import early_eos, shorter_than_reference
+
+    eos = 9
+    # step 0 commits the padding at 2 while 0 and 1 are masked; 3 comes after everything
+    assert early_eos([5, 6, eos, eos], [2, 1, 0, 3], eos) == 1
+    assert early_eos([5, 6, eos, eos], [0, 1, 2, 3], eos) == 0  # left to right: none early
+    assert early_eos([5, eos, eos], [1, 1, 0], eos) == 1  # the same step as the text is not
+    assert shorter_than_reference([5, eos, eos], 2, eos)
+    assert not shorter_than_reference([5, 6, eos], 2, eos)
+    assert not shorter_than_reference([5, 6, 7], 3, eos)  # no EOS: the whole canvas is text
+
+
+def test_rows_report_early_eos_and_short_answers(tiny_model_dir, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(eval_args(tiny_model_dir, "--sampler", "topk_confidence", "--json",
+                          str(out))) == 0
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["early_eos"] >= 0 and 0 <= row["shorter_than_reference"] <= 1

@@ -75,7 +75,7 @@ def test_eval_defaults_to_the_folders_task_and_canvas(runs, tmp_path):
     own = json.loads((tmp_path / "own.json").read_text())
     assert (own["task"], own["gen_length"], own["block_length"]) == ("longform", 256, 32)
     assert own["results"][0]["steps"] == 8
-    # another task asked for: its problems at the engine's default canvas, not the folder's
+    # another task asked for: its problems at the engine's default canvas (no canvas recorded)
     assert cli(common + ["--task", "arithmetic", "--json", str(tmp_path / "other.json")]) == 0
     other = json.loads((tmp_path / "other.json").read_text())
     assert (other["task"], other["gen_length"], other["block_length"]) == ("arithmetic", None,
@@ -88,8 +88,9 @@ def test_malformed_task_file_is_refused_naming_it(runs, tmp_path, capsys):
     for f in (runs[0] / "a/export").iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / TASK_FILE).write_text('{"task": "poetry", "gen_length": 256, "block_length": 32}')
-    assert cli(["eval", "--model", str(folder), "--n", "1", "--sampler", "topk_confidence"]) == 2
-    assert TASK_FILE in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused as the model loads: one line, status 2
+        cli(["eval", "--model", str(folder), "--n", "1", "--sampler", "topk_confidence"])
+    assert stop.value.code == 2 and TASK_FILE in capsys.readouterr().err
 
 
 def test_arithmetic_defaults_are_unchanged():
@@ -101,3 +102,44 @@ def test_arithmetic_defaults_are_unchanged():
     assert (setup.gen_length, setup.block_length, setup.max_sequence_length) == (48, 12, 128)
     long = train.parse_args(["--task", "longform", "--steps", "7"])
     assert long.steps == 7 and long.batch_size == train.SETUPS["longform"].defaults["batch_size"]
+
+
+def test_engine_generate_and_server_take_the_folders_canvas(runs, capsys):
+    """A model trained for 256-token canvases in blocks of 32 decodes that way when a request
+    names no canvas: the engine, `unmaskd generate` and the server's /samplers (which fills the
+    playground's form); a canvas the block does not divide falls back to L/4."""
+    from fastapi.testclient import TestClient
+    from unmaskd.engine.loop import Engine
+    from unmaskd.engine.sequence import GenerationRequest
+    from unmaskd.server.app import create_app
+    from unmaskd.server.settings import ServerSettings
+
+    folder = runs[0] / "a/export"
+    engine = Engine.from_dir(folder)
+    assert engine.default_canvas() == (256, 32)
+    vr = engine.validate(GenerationRequest([1], gen_length=96))
+    assert (vr.gen_length, vr.block_length) == (96, 32)
+    assert engine.validate(GenerationRequest([1], gen_length=40)).block_length == 10
+    assert Engine.from_dir(folder, default_gen_length=64).default_canvas() == (64, 32)
+    assert cli(["generate", "--model", str(folder), "--prompt", "Question: x", "--steps", "8",
+                "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["token_ids"]) == 256 and out["nfe"] == 8
+    with TestClient(create_app(ServerSettings(model=folder), engine)) as client:
+        body = client.get("/samplers").json()
+    assert body["canvas"] == {"gen_length": 256, "block_length": 32}
+
+
+def test_train_policy_takes_the_folders_task_and_canvas(runs, tmp_path):
+    from unmaskd.sampler_plugins import policy_trainer
+
+    out = tmp_path / "p"
+    policy_trainer.train(["--model", str(runs[0] / "a/export"), "--out", str(out),
+                          "--iterations", "1", "--group-size", "2", "--prompts-per-step", "1"])
+    meta = json.loads((out / "policy/policy.json").read_text())
+    assert (meta["gen_length"], meta["block_length"]) == (256, 32)
+    assert meta["training"]["data"] == "tasks.longform train split"
+    with pytest.raises(SystemExit, match="--task longform \\(now arithmetic\\)"):  # resumed
+        policy_trainer.train(["--model", str(runs[0] / "a/export"), "--out", str(out),
+                              "--iterations", "2", "--group-size", "2", "--prompts-per-step",
+                              "1", "--task", "arithmetic"])
