@@ -57,6 +57,7 @@ from unmaskd.engine.sequence import GenerationRequest, SequenceResult
 from unmaskd.sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
 from unmaskd.sampler_plugins.policy_store import (
     STORE,
+    OtherModelError,
     Policy,
     PolicyError,
     load_policy,
@@ -341,9 +342,15 @@ def check_resumable(saved: dict[str, str], now: dict[str, str], out: Path) -> No
 
 
 def init_weights(policy_dir: Path, net: PolicyNet, fingerprint: str) -> dict:
-    """--init: a policy trained for the same dLLM, with the architecture being trained."""
+    """--init: a policy with the architecture being trained. One trained for another dLLM is a
+    starting point too (policies transfer roughly across models and canvas lengths, as the paper
+    finds); every other check of its files still applies."""
     try:
-        init = load_policy(policy_dir, fingerprint)
+        try:
+            init = load_policy(policy_dir, fingerprint)
+        except OtherModelError as e:
+            print(f"--init: {e}; starting from its weights anyway", file=sys.stderr)
+            init = load_policy(policy_dir, None)
     except PolicyError as e:
         raise SystemExit(f"--init: {e}") from None
     if init.net.architecture() != net.architecture():

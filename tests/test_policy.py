@@ -247,6 +247,27 @@ def test_trainer_starts_from_an_init_policy(tiny_model_dir, tmp_path):
                         "--features", "confidence,margin", "--init", str(full)])
 
 
+def test_init_from_a_policy_of_another_dllm_starts_from_its_weights(tiny_model_dir, tmp_path,
+                                                                     capsys):
+    """A policy trained for one dLLM is a starting point for another's (the long model's
+    block policies may start from the embedded model's full-diffusion one), said on stderr."""
+    from conftest import build_tiny_model
+    from safetensors.torch import load_file
+    from unmaskd.sampler_plugins.policy_trainer import train
+
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    common = ["--gen-length", "8", "--prompts-per-step", "2", "--group-size", "4",
+              "--iterations", "1"]
+    src = train(common + ["--model", str(tiny_model_dir), "--out", str(tmp_path / "src"),
+                          "--lr", "0.01"], reward_fn=lambda r, p, L: 1.0 - r.nfe / L)
+    dst = train(common + ["--model", str(other), "--out", str(tmp_path / "dst"), "--lr", "0",
+                          "--init", str(src)])
+    a, b = (load_file(str(d / "policy.safetensors")) for d in (src, dst))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "starting from its weights anyway" in capsys.readouterr().err
+    assert json.loads((dst / "policy.json").read_text())["model"]["name"] == "other"
+
+
 def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_path):
     """DDP over gloo: each rank rolls out its own prompts (different rewards, so different
     local gradients); after all-reduce the ranks must hold identical weights."""
