@@ -8,8 +8,9 @@ As in Jazbec et al. 2026: groups of G rollouts per prompt through the engine (th
 the only randomness the policy's Bernoulli draws); terminal reward
 correct * ((L - min(NFE, L) + 1) / L) ** alpha; advantage = reward - group mean; groups whose
 rewards are all equal are skipped; a per-step PPO ratio clipped at epsilon; mu passes per
-rollout batch; no KL term. Rollouts record each step's policy inputs and actions, so the loss
-needs no second dLLM pass.
+rollout batch, each over at most --loss-steps recorded steps (a uniform sample; long canvases
+record thousands); no KL term. Rollouts record each step's policy inputs and actions, so the
+loss needs no second dLLM pass.
 
 Expert steering (`--expert-rollouts E`, meant for full diffusion): each group also gets E
 rollouts whose commits follow Fast-dLLM's threshold rule; they share the group's advantage
@@ -119,6 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--mu", type=int, default=2, help="optimisation passes per rollout batch")
+    ap.add_argument("--loss-steps", type=int, default=1024,
+                    help="recorded steps per pass, a uniform sample when the rollouts made more "
+                         "(a 256-token canvas records ~100 per rollout; all of them at once "
+                         "would take minutes and gigabytes per pass)")
     ap.add_argument("--expert-rollouts", type=int, default=0,
                     help="expert steering: threshold rollouts appended to each group (0: off)")
     ap.add_argument("--expert-threshold", type=float, default=0.9)
@@ -135,6 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ckpt-every", type=int, default=5)
     ap.add_argument("--default", action="store_true", help="mark as the default for its mode")
     args = ap.parse_args(argv)
+    if args.loss_steps < 1:
+        ap.error("--loss-steps must be >= 1")
     if args.expert_rollouts < 0:
         ap.error("--expert-rollouts must be >= 0")
     if not 0.0 < args.expert_mix <= 1.0:
@@ -151,6 +158,14 @@ ROLLOUT_KNOBS = {"mode": "bernoulli", "policy_temperature": 1.0, "beta": 1.0}
 
 def rollout_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "little")
+
+
+def loss_sample(n: int, k: int, seed: int) -> list[int]:
+    """All n recorded steps, or k drawn without replacement: the loss is a mean over steps, so a
+    uniform subset estimates it and its gradient without bias at k/n of the cost and memory."""
+    if n <= k:
+        return list(range(n))
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].tolist())
 
 
 def lr_factor(it: int, total: int, warmup: int) -> float:
@@ -264,10 +279,13 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         net.train()
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_factor(it, args.iterations, args.warmup)
-        for _ in range(args.mu):
+        step_adv_t = torch.tensor(step_adv, device=args.device)
+        for pass_ in range(args.mu):
             if steps:
-                loss = grpo_loss(model, steps, torch.tensor(step_adv, device=args.device),
-                                 args.clip, args.expert_mix)
+                pick = loss_sample(len(steps), args.loss_steps,
+                                   rollout_seed(args.seed, it, rank, pass_))
+                loss = grpo_loss(model, [steps[i] for i in pick], step_adv_t[pick], args.clip,
+                                 args.expert_mix)
             else:  # nothing to learn on this rank; a zero loss still joins the all-reduce
                 loss = model(*dummy_inputs(net, args.device)).sum() * 0.0
             opt.zero_grad(set_to_none=True)

@@ -268,6 +268,31 @@ def test_init_from_a_policy_of_another_dllm_starts_from_its_weights(tiny_model_d
     assert json.loads((dst / "policy.json").read_text())["model"]["name"] == "other"
 
 
+def test_loss_sample_keeps_every_step_up_to_the_cap_then_a_seeded_subset():
+    from unmaskd.sampler_plugins.policy_trainer import loss_sample
+
+    assert loss_sample(5, 8, seed=1) == [0, 1, 2, 3, 4]
+    pick = loss_sample(100, 10, seed=1)
+    assert len(set(pick)) == 10 and all(0 <= i < 100 for i in pick) and pick == sorted(pick)
+    assert pick == loss_sample(100, 10, seed=1) and pick != loss_sample(100, 10, seed=2)
+
+
+def test_trainer_with_a_loss_step_cap_runs_and_resumes_exactly(tiny_model_dir, tmp_path):
+    """--loss-steps below the recorded steps: each pass draws its own seeded subset, so a run
+    resumed from its checkpoint ends with the same weights as a straight one."""
+    from safetensors.torch import load_file
+    from unmaskd.sampler_plugins.policy_trainer import train
+
+    common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--prompts-per-step", "2",
+              "--group-size", "4", "--loss-steps", "3", "--lr", "0.01", "--ckpt-every", "1"]
+    toy = {"reward_fn": lambda r, p, L: 1.0 - r.nfe / L}
+    straight = train(common + ["--out", str(tmp_path / "a"), "--iterations", "2"], **toy)
+    train(common + ["--out", str(tmp_path / "b"), "--iterations", "1"], **toy)
+    resumed = train(common + ["--out", str(tmp_path / "b"), "--iterations", "2"], **toy)
+    a, b = (load_file(str(d / "policy.safetensors")) for d in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_path):
     """DDP over gloo: each rank rolls out its own prompts (different rewards, so different
     local gradients); after all-reduce the ranks must hold identical weights."""
