@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
-from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.dllm import EMBEDDED_MODEL_DIR, SHIPPED_MODELS, model_dir
 from unmaskd.engine.kv_cache import CACHE_MODES
 from unmaskd.engine.loop import Engine
 
@@ -62,9 +62,10 @@ def build_engine(model: Path, device: str = "cpu", dtype: str = "auto",
 
 def add_model_args(ap: argparse.ArgumentParser, serving: bool = True) -> None:
     """The model flags; `serving` adds --policies and --default-gen-length (not for training)."""
-    ap.add_argument("--model", type=Path, default=EMBEDDED_MODEL_DIR,
-                    help="checkpoint folder: config.json, safetensors, tokenizer.json "
-                         "(default: the embedded model)")
+    ap.add_argument("--model", type=model_dir, default=EMBEDDED_MODEL_DIR,
+                    help="checkpoint folder (config.json, safetensors, tokenizer.json) or a "
+                         f"shipped model's name: {', '.join(SHIPPED_MODELS)} (default: "
+                         "embedded)")
     if serving:
         ap.add_argument("--policies", type=Path, default=None,
                         help="folder of learned policies (default: MODEL/policies)")

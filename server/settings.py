@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
-from unmaskd.dllm import EMBEDDED_MODEL_DIR
+from unmaskd.dllm import EMBEDDED_MODEL_DIR, SHIPPED_MODELS, model_dir
 
 
 class ServerSettings(BaseSettings):
@@ -25,7 +25,9 @@ class ServerSettings(BaseSettings):
         env_prefix="UNMASKD_", cli_kebab_case=True, cli_prog_name="unmaskd serve",
         cli_exit_on_error=True, extra="ignore")
 
-    model: Path = Field(EMBEDDED_MODEL_DIR, description="LLaDA-format checkpoint folder")
+    model: Annotated[Path, AfterValidator(model_dir)] = Field(
+        EMBEDDED_MODEL_DIR, description="checkpoint folder, or a shipped model's name: "
+                                        + ", ".join(SHIPPED_MODELS))
     policies: Path | None = Field(
         None, description="folder of learned unmasking policies (default: MODEL/policies)")
     host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")

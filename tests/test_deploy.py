@@ -311,9 +311,8 @@ def test_build_context_is_small_and_complete():
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     readme = ROOT / "README.md"
     assert ("README.md" in files) == readme.exists()
-    embedded = ROOT / "dllm" / "embedded"
-    if embedded.exists():
-        want = {str(p.relative_to(ROOT)) for p in embedded.rglob("*")
+    for name in ("embedded", "embedded-long"):  # the shipped models
+        want = {str(p.relative_to(ROOT)) for p in (ROOT / "dllm" / name).rglob("*")
                 if p.is_file() and "__pycache__" not in p.parts}
         assert want <= set(files), sorted(want - set(files))
 
@@ -400,11 +399,12 @@ def test_cpu_stage_install_replayed(dockerfile, tmp_path):
         [str(py), "-c", "import json, torch; import unmaskd.engine, unmaskd.kernels, unmaskd.tasks;"
          "from unmaskd import dllm, sampler_plugins;"
          "import unmaskd.server.app;"
-         "print(json.dumps([torch.__version__, str(dllm.EMBEDDED_MODEL_DIR), dllm.__file__]))"],
+         "print(json.dumps([torch.__version__, {k: str(v) for k, v in dllm.SHIPPED_MODELS.items()},"
+         " dllm.__file__]))"],
         capture_output=True, text=True, timeout=300, env={**env, "OMP_NUM_THREADS": "1"},
         cwd=tmp_path)
     assert check.returncode == 0, check.stderr[-3000:]
-    torch_version, embedded_dir, dllm_file = json.loads(check.stdout)
+    torch_version, shipped, dllm_file = json.loads(check.stdout)
     assert torch_version.startswith(args["TORCH_VERSION"]) and "+cpu" in torch_version
     assert Path(dllm_file).is_relative_to(venv), "dllm imported from outside the new venv"
     # The wheel's only top-level import name is `unmaskd`: no `server` or `kernels` that another
@@ -418,16 +418,17 @@ def test_cpu_stage_install_replayed(dockerfile, tmp_path):
                                 env=env)
     assert serve_help.returncode == 0, serve_help.stderr[-3000:]
     assert "--max-batch-size" in serve_help.stdout
-    # The embedded model and policies are package data: every file of the repo's copy is there.
-    repo_embedded = ROOT / "dllm" / "embedded"
-    want = sorted(str(p.relative_to(repo_embedded)) for p in repo_embedded.rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts) if repo_embedded.exists() else []
-    got = sorted(str(p.relative_to(embedded_dir)) for p in Path(embedded_dir).rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts) if Path(
-                     embedded_dir).exists() else []
-    assert got == want, {"missing": sorted(set(want) - set(got))}
-    if want:
-        assert "config.json" in got and "model.safetensors" in got
+    # The shipped models and policies are package data: every file of the repo's copies is there.
+    assert sorted(shipped) == ["embedded", "embedded-long"]
+    for name, installed in shipped.items():
+        def files_in(folder: Path) -> list[str]:
+            return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                          if p.is_file() and "__pycache__" not in p.parts)
+        want, got = files_in(ROOT / "dllm" / name), files_in(Path(installed))
+        assert got == want, {name: sorted(set(want) - set(got))}
+        assert Path(installed).is_relative_to(venv)
+        assert "config.json" in got and "model.safetensors" in got and "policies" in {
+            Path(f).parts[0] for f in got}
 
 
 # ---- docker-compose ----------------------------------------------------------------------------
