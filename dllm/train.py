@@ -2,7 +2,8 @@
 
     unmaskd train-dllm --out runs/dllm --threads 2   # ~85 min on 2 CPU cores, resumes if cut off
     unmaskd train-dllm --out runs/dllm --threads 2 --export dllm/embedded
-    unmaskd train-dllm --task longform --out runs/dllm-long --threads 2   # issue 19's long model
+    unmaskd train-dllm --task longform --init dllm/embedded --out runs/dllm-long --threads 2 \
+        --steps 2000 --val-every 1000 --export dllm/embedded-long   # the long model (~55 min)
 
 Objective (LLaDA SFT): the prompt is never masked; every answer-canvas token, EOS padding
 included, is masked with probability t ~ U(eps, 1) drawn per sequence; cross-entropy on the
@@ -23,7 +24,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -177,6 +178,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--export", type=Path, help="also write the final model folder here")
+    ap.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
+                    help="start from this LLaDA-format folder's weights, architecture and "
+                         "tokenizer instead of a fresh model (--d-model and --n-layers do not "
+                         "apply): e.g. the long model from the embedded one")
     ap.add_argument("--stop-at", type=int, default=None,
                     help="checkpoint and stop after this step, schedule unchanged (continue by "
                          "re-running without it): for runs longer than one sitting")
@@ -198,15 +203,30 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {ckpt_path} was trained with --task "
                          f"{state.get('task', 'arithmetic')}; resume it with that --task, or "
                          "pass another --out")
+    init = str(args.init) if args.init else None
+    if state is not None and state.get("init") != init:
+        raise SystemExit(f"error: {ckpt_path} was started from --init {state.get('init')}; "
+                         "resume it with that --init, or pass another --out")
+    start = load_start(args.init) if args.init else None
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        train_tokenizer(tok_dir, splits=[TASKS[t].make_split for t in setup.tokenizer_suites])
+        if start is not None:  # the starting model's own vocabulary
+            tok_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(args.init / name, tok_dir / name)
+        else:
+            train_tokenizer(tok_dir, splits=[TASKS[t].make_split for t in setup.tokenizer_suites])
     from tokenizers import Tokenizer
     tokenizer = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    cfg = model_config(tokenizer, args.d_model, args.n_layers, setup.max_sequence_length)
     torch.manual_seed(args.seed)
-    model = LLaDAModel(cfg)
-    model.init_weights(seed=args.seed)
+    if start is not None:  # RoPE has no learned positions: the context grows freely
+        model = LLaDAModel(replace(start.config, max_sequence_length=setup.max_sequence_length))
+        model.load_state_dict(start.state_dict())
+    else:
+        model = LLaDAModel(model_config(tokenizer, args.d_model, args.n_layers,
+                                        setup.max_sequence_length))
+        model.init_weights(seed=args.seed)
+    cfg = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     gen = torch.Generator().manual_seed(args.seed)
     prompts, canvases = encode_pool(tokenizer, TASKS[args.task].make_split("train", args.pool),
@@ -252,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.ckpt_every == 0 or step in (args.steps, stop):
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                        "gen": gen.get_state(), "step": step, "task": args.task}, tmp)
+                        "gen": gen.get_state(), "step": step, "task": args.task,
+                        "init": init}, tmp)
             tmp.replace(ckpt_path)
             export(model, tokenizer, tok_dir, out / "model", args.task)
         if args.val_every and (step % args.val_every == 0 or step == args.steps):
@@ -266,6 +287,20 @@ def main(argv: list[str] | None = None) -> None:
     bar.close()
     if args.export and step == args.steps:
         export(model, tokenizer, tok_dir, args.export, args.task)
+
+
+def load_start(model_dir: Path) -> LLaDAModel:
+    """--init's model, which must be a LLaDA one (the family this trainer builds)."""
+    from unmaskd.dllm.checkpoint import CheckpointError, ConfigError, load_dllm
+
+    try:
+        model, _ = load_dllm(model_dir)
+    except (CheckpointError, ConfigError, OSError) as e:
+        raise SystemExit(f"error: --init {model_dir}: {e}") from None
+    if not isinstance(model, LLaDAModel):
+        raise SystemExit(f"error: --init {model_dir}: a {model.config.model_type} model; "
+                         "train-dllm trains LLaDA ones")
+    return model
 
 
 def export(model: LLaDAModel, tokenizer, tok_dir: Path, model_dir: Path, task: str) -> None:

@@ -143,3 +143,24 @@ def test_train_policy_takes_the_folders_task_and_canvas(runs, tmp_path):
         policy_trainer.train(["--model", str(runs[0] / "a/export"), "--out", str(out),
                               "--iterations", "2", "--group-size", "2", "--prompts-per-step",
                               "1", "--task", "arithmetic"])
+
+
+def test_init_starts_from_a_model_folders_weights_and_tokenizer(tiny_model_dir, tmp_path):
+    """--init: the long model may start from the embedded one. Its weights (lr 0 keeps them),
+    architecture and tokenizer carry over, the context grows to the task's; a resume from
+    another starting point is refused."""
+    from safetensors.torch import load_file
+
+    run = ["--task", "longform", "--init", str(tiny_model_dir), "--steps", "2", "--lr", "0",
+           "--batch-size", "2", "--pool", "16", "--val-every", "0", "--micro-batches", "1"]
+    train.main(run + ["--out", str(tmp_path / "ft"), "--export", str(tmp_path / "ft/export")])
+    export = tmp_path / "ft/export"
+    before, after = (load_file(str(d / "model.safetensors")) for d in (tiny_model_dir, export))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (export / "tokenizer.json").read_bytes() == (tiny_model_dir / "tokenizer.json"
+                                                         ).read_bytes()
+    config = json.loads((export / "config.json").read_text())
+    assert config["max_sequence_length"] == 512 and config["d_model"] == 32
+    assert read_task_file(export)["task"] == "longform"
+    with pytest.raises(SystemExit, match="--init"):
+        train.main(run[:2] + ["--steps", "3", "--out", str(tmp_path / "ft")])
