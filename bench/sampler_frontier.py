@@ -2,11 +2,11 @@
 
     python bench/sampler_frontier.py --setting block --n 500     # embedded model, blocks L/4
     python bench/sampler_frontier.py --setting full --n 500      # one block of length L
-    python bench/sampler_frontier.py --model dllm/embedded-long --setting block --cache dual
-    python bench/sampler_frontier.py --model dllm/embedded-long --report   # the two claims
+    python bench/sampler_frontier.py --model DIR --setting block --cache dual  # a long-form model
+    python bench/sampler_frontier.py --model DIR --report   # its two claims (issue 19)
 
 The model folder's unmaskd_task.json picks the task, canvas and block length (the embedded
-model: arithmetic, 48 in blocks of 12; embedded-long: longform, 256 in blocks of 32) and the
+model: arithmetic, 48 in blocks of 12; a long-form model: 256 in blocks of 32) and the
 sweep below. Each sampler is swept over its main parameter; every learned policy trained for
 the setting's block length gets a row at its serving defaults (`--specs
 "learned:policy=NAME,beta=1|2" --append` adds dials). Runs through `unmaskd eval`

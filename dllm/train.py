@@ -2,8 +2,8 @@
 
     unmaskd train-dllm --out runs/dllm --threads 2   # ~85 min on 2 CPU cores, resumes if cut off
     unmaskd train-dllm --out runs/dllm --threads 2 --export dllm/embedded
-    unmaskd train-dllm --task longform --init dllm/embedded --out runs/dllm-long --threads 2 \
-        --steps 2000 --val-every 1000 --export dllm/embedded-long   # the long model (~55 min)
+    unmaskd train-dllm --task longform --out runs/dllm-long --threads 2   # issue 19's long task
+    unmaskd train-dllm --task longform --init dllm/embedded --out runs/dllm-long-ft --steps 2000
 
 Objective (LLaDA SFT): the prompt is never masked; every answer-canvas token, EOS padding
 included, is masked with probability t ~ U(eps, 1) drawn per sequence; cross-entropy on the
@@ -53,6 +53,7 @@ SETUPS = {
     # the paper's GSM8K setting. Sized for issue 19's 150 minutes on 2 CPU cores, measured:
     # 1.3-1.55 s per step at batch 32, and 250-270 s per validation (50 problems at 256 NFE,
     # 100 would take 10 minutes each): 4,500 steps + 4 validations + setup, about 130 minutes.
+    # Not enough at this size: 0% validation at steps 1,500 and 3,000 (docs/BENCHMARKS.md).
     "longform": TaskSetup(256, 32, 512, ("arithmetic", "longform"), dict(
         steps=4500, batch_size=32, d_model=192, n_layers=4, val_every=1125, val_n=50)),
 }

@@ -1,6 +1,7 @@
 """The command line: `--block-length full` means one block over the canvas in every command."""
 
 import json
+from pathlib import Path
 
 import pytest
 from unmaskd.engine.cli import main
@@ -49,3 +50,15 @@ def test_a_folder_without_tokenizer_json_says_so(tiny_model_copy, capsys):
         main(["generate", "--model", str(tiny_model_copy), "--prompt", "x"])
     err = capsys.readouterr().err
     assert "tokenizer.json: not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_shipped_model_is_found_by_name_unless_a_folder_has_that_name(tmp_path, monkeypatch):
+    from unmaskd.dllm import EMBEDDED_MODEL_DIR, model_dir
+    from unmaskd.server.settings import parse_settings
+
+    monkeypatch.chdir(tmp_path)
+    assert model_dir("embedded") == EMBEDDED_MODEL_DIR
+    assert parse_settings(["--model", "embedded"]).model == EMBEDDED_MODEL_DIR
+    assert model_dir("no-such-model") == Path("no-such-model")  # the loader says it is missing
+    (tmp_path / "embedded").mkdir()
+    assert model_dir("embedded") == Path("embedded")
