@@ -62,7 +62,7 @@ def is_held_out(value: int, op: str, operand: int) -> bool:
     return stable_hash(f"{value}{op}{operand}") % 8 == 0
 
 
-def _next_step(rng: random.Random, x: int) -> tuple[str, int] | None:
+def next_step(rng: random.Random, x: int) -> tuple[str, int]:
     """Pick an operation applicable to x that keeps the result in 1..MAX_VALUE."""
     options = []
     if x < MAX_VALUE:
@@ -98,7 +98,7 @@ def _sentence(rng: random.Random, op: str, y: int, name: str, obj: str) -> str:
     return rng.choice(templates[op])
 
 
-def _apply(x: int, op: str, y: int) -> int:
+def apply_op(x: int, op: str, y: int) -> int:
     return {"+": x + y, "-": x - y, "*": x * y, "/": x // y}[op]
 
 
@@ -112,10 +112,10 @@ def generate(seed: int, steps: int | None = None) -> Problem:
     lines = []
     unseen = False
     for _ in range(steps):
-        op, y = _next_step(rng, x)
+        op, y = next_step(rng, x)
         unseen |= is_held_out(x, op, y)
         sentences.append(_sentence(rng, op, y, name, obj))
-        z = _apply(x, op, y)
+        z = apply_op(x, op, y)
         lines.append(f"{x} {op} {y} = {z}.")
         x = z
     sentences.append(f"How many {obj} does {name} have now?")

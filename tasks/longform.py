@@ -32,17 +32,19 @@ import random
 import re
 
 from unmaskd.tasks.arithmetic import (
+    MAX_VALUE,
     NAMES,
     OBJECTS,
     SPLIT_SEED_BASE,
     Problem,
+    apply_op,
     draw_split,
+    next_step,
     stable_hash,
 )
 
 GEN_LENGTH = 256  # the answer canvas L, as in the paper's GSM8K setting
 MAX_STEPS = 8
-MAX_VALUE = 99
 # Distractors: sentences that cost no step, so the sentence count does not give the length.
 OTHER_THINGS = ["hats", "dogs", "plates", "chairs", "kites", "cups"]
 
@@ -50,24 +52,6 @@ OTHER_THINGS = ["hats", "dogs", "plates", "chairs", "kites", "cups"]
 def is_held_out(value: int, op: str, operand: int) -> bool:
     # salted, so the held-out set is not the arithmetic suite's
     return stable_hash(f"longform{value}{op}{operand}") % 8 == 0
-
-
-def _apply(x: int, op: str, y: int) -> int:
-    return {"+": x + y, "-": x - y, "*": x * y, "/": x // y}[op]
-
-
-def _simple(rng: random.Random, x: int) -> tuple[str, int]:
-    """An operation applicable to x that keeps the result in 1..MAX_VALUE."""
-    options = [op for op, ok in [("+", x < MAX_VALUE), ("-", x > 1), ("*", 2 * x <= MAX_VALUE),
-                                 ("/", any(x % k == 0 for k in range(2, 10)))] if ok]
-    op = rng.choice(options)
-    if op == "+":
-        return op, rng.randint(1, min(40, MAX_VALUE - x))
-    if op == "-":
-        return op, rng.randint(1, x - 1)
-    if op == "*":
-        return op, rng.randint(2, min(9, MAX_VALUE // x))
-    return op, rng.choice([k for k in range(2, 10) if x % k == 0])
 
 
 def _group(rng: random.Random, x: int) -> tuple[str, int, int] | None:
@@ -81,7 +65,7 @@ def _group(rng: random.Random, x: int) -> tuple[str, int, int] | None:
 def _simple_text(rng: random.Random, op: str, x: int, y: int, name: str, obj: str
                  ) -> tuple[str, str]:
     """(question sentence, explanation line) of a one-step event."""
-    z, other = _apply(x, op, y), rng.choice([n for n in NAMES if n != name])
+    z, other = apply_op(x, op, y), rng.choice([n for n in NAMES if n != name])
     eq = f"{x} {op} {y} = {z}"
     options = {
         "+": [(f"{name} buys {y} more {obj}.", f"After buying {y} more, {name} has {eq} {obj}."),
@@ -133,7 +117,7 @@ def generate(seed: int, steps: int | None = None, allow_held_out: bool = True) -
             op, a, b = group
             triples = [(a, "*", b), (x, op, a * b)]
         else:
-            op, y = _simple(rng, x)
+            op, y = next_step(rng, x)
             triples = [(x, op, y)]
         held_out = any(is_held_out(*t) for t in triples)
         if held_out and not allow_held_out:
@@ -141,10 +125,10 @@ def generate(seed: int, steps: int | None = None, allow_held_out: bool = True) -
         unseen |= held_out
         if group is not None:
             sentence, new_lines = _group_text(op, x, a, b, name, obj)
-            x = _apply(x, op, a * b)
+            x = apply_op(x, op, a * b)
         else:
             sentence, line = _simple_text(rng, op, x, y, name, obj)
-            new_lines, x = [line], _apply(x, op, y)
+            new_lines, x = [line], apply_op(x, op, y)
         sentences.append(sentence)
         lines += new_lines
     for _ in range(rng.choice([0, 0, 1, 2])):  # placed anywhere after the opening sentence
