@@ -5,11 +5,13 @@
 For each validation problem the reference answer is put on the canvas, EOS-padded, and every
 answer position holding one kind of token is masked at once: the protagonist's name, the object
 word, or the digits. The dLLM then sees the whole rest of the answer and the prompt, as at the
-last steps of decoding, and we read the probability it gives the right token there. Names and
-objects appear in every line and must be copied from the prompt (the arithmetic suite's answers
-have neither); a model that does not read the prompt stays near chance (1 / the number of names
-or objects). The embedded arithmetic model is the control (`--model dllm/embedded`: its answers
-hold only digits, copied from the prompt). Results: bench/results/longform-copy-probe.json.
+last steps of decoding, and we read the probability it gives the right token there. In the
+suite's first version names and objects appeared in every line and had to be copied from the
+prompt (the arithmetic suite's answers have neither); a model that does not read the prompt
+stays near chance (1 / the number of names or objects). The current lines name neither, so the
+probe reports digits only for them (a kind absent from every answer is left out). The
+embedded arithmetic model is the control (`--model dllm/embedded`: its answers hold only
+digits, copied from the prompt). Results: bench/results/longform-copy-probe.json.
 """
 
 from __future__ import annotations

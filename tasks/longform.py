@@ -2,11 +2,12 @@
 
     python -m unmaskd.tasks.longform --split train --n 3   # prints examples
 
-A problem is a story about one person and one kind of object that takes 1 to 8 steps (values in
-1..99: add, subtract, multiply, divide evenly). The worked answer is one explanation line per
-step, as GSM8K solutions are (`After buying 12 more, Ava has 34 + 12 = 46 apples.`), then
-`#### N`: from about 20 tokens (1 step) to about 190 (8 steps), EOS-padded to a 256-token
-canvas (GEN_LENGTH), so most of the canvas is padding and how much is not known in advance.
+A problem is a story about one person and one kind of object that takes 1 to 4 steps (values in
+1..99: add, subtract, multiply, divide evenly), with a distractor sentence in a third of them.
+The worked answer is one explanation line per step, as GSM8K solutions are: a short phrase
+that names the event, then the equation (`Buying 12 more: 34 + 12 = 46.`), then `#### N`.
+That is 15 to about 75 tokens, EOS-padded to a 256-token canvas (GEN_LENGTH), so most of the
+canvas is padding and how much is not known in advance.
 
 What makes it hard for parallel decoding, as GSM8K is at L = 256 in the paper:
 - The answer length is uncertain from the prompt. A sentence can cost 0 steps (a distractor
@@ -18,11 +19,18 @@ What makes it hard for parallel decoding, as GSM8K is at L = 256 in the paper:
 - Later lines depend on earlier results (the chain), so unmasking many positions at once
   guesses numbers before the values they depend on exist.
 
+Why lines do not restate who and what, and why at most 4 steps: a first version did both
+(`After buying 12 more, Ava has 34 + 12 = 46 apples.`, up to 8 steps) and no model of the
+embedded size learned it in the issue's 150 CPU-minutes: it never found the protagonist's name
+among the sentences, and it wrote 9-11 lines whatever the problem (docs/BENCHMARKS.md). The
+geometry the paper measures (short answers of uncertain length on a long canvas) does not need
+either.
+
 Splits never overlap, as in tasks/arithmetic.py: each split draws from its own seed range and
 keeps only questions whose text hash falls into its own bucket. A "held-out" step is a
 (value, op, operand) triple whose hash is 0 mod 8 (the products inside two-step sentences
 included): train and validation problems are generated avoiding them, test is drawn freely, so
-its longer problems mostly use some combination never seen in training (`Problem.unseen`).
+its longer problems often use some combination never seen in training (`Problem.unseen`).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from unmaskd.tasks.arithmetic import (
 )
 
 GEN_LENGTH = 256  # the answer canvas L, as in the paper's GSM8K setting
-MAX_STEPS = 8
+MAX_STEPS = 4
 # Distractors: sentences that cost no step, so the sentence count does not give the length.
 OTHER_THINGS = ["hats", "dogs", "plates", "chairs", "kites", "cups"]
 
@@ -65,19 +73,16 @@ def _group(rng: random.Random, x: int) -> tuple[str, int, int] | None:
 def _simple_text(rng: random.Random, op: str, x: int, y: int, name: str, obj: str
                  ) -> tuple[str, str]:
     """(question sentence, explanation line) of a one-step event."""
-    z, other = apply_op(x, op, y), rng.choice([n for n in NAMES if n != name])
-    eq = f"{x} {op} {y} = {z}"
+    other = rng.choice([n for n in NAMES if n != name])
+    eq = f"{x} {op} {y} = {apply_op(x, op, y)}."
     options = {
-        "+": [(f"{name} buys {y} more {obj}.", f"After buying {y} more, {name} has {eq} {obj}."),
-              (f"{other} gives {name} {y} {obj}.",
-               f"{other} gives {y}, so {name} has {eq} {obj}.")],
-        "-": [(f"{name} gives {y} {obj} to {other}.",
-               f"After giving away {y}, {name} has {eq} {obj}."),
-              (f"{name} loses {y} {obj}.", f"Losing {y} leaves {name} with {eq} {obj}.")],
-        "*": [(f"Then {name} gets {y} times as many {obj}.",
-               f"{y} times as many is {eq} {obj}.")],
+        "+": [(f"{name} buys {y} more {obj}.", f"Buying {y} more: {eq}"),
+              (f"{other} gives {name} {y} {obj}.", f"Getting {y}: {eq}")],
+        "-": [(f"{name} gives {y} {obj} to {other}.", f"Giving away {y}: {eq}"),
+              (f"{name} loses {y} {obj}.", f"Losing {y}: {eq}")],
+        "*": [(f"Then {name} gets {y} times as many {obj}.", f"{y} times as many: {eq}")],
         "/": [(f"{name} splits the {obj} into {y} equal piles and keeps one pile.",
-               f"One of {y} equal piles is {eq} {obj}.")],
+               f"One of {y} piles: {eq}")],
     }
     return rng.choice(options[op])
 
@@ -87,11 +92,10 @@ def _group_text(op: str, x: int, a: int, b: int, name: str, obj: str) -> tuple[s
     c = a * b
     if op == "+":
         return (f"{name} buys {a} bags with {b} {obj} in each.",
-                [f"{a} bags of {b} hold {a} * {b} = {c} {obj}.",
-                 f"With the bags, {name} has {x} + {c} = {x + c} {obj}."])
+                [f"{a} bags of {b}: {a} * {b} = {c}.", f"Adding the bags: {x} + {c} = {x + c}."])
     return (f"{name} gives {a} friends {b} {obj} each.",
-            [f"{a} friends get {a} * {b} = {c} {obj} in all.",
-             f"That leaves {name} with {x} - {c} = {x - c} {obj}."])
+            [f"{a} friends get {b} each: {a} * {b} = {c}.",
+             f"Giving them away: {x} - {c} = {x - c}."])
 
 
 def _distractor(rng: random.Random, name: str, obj: str) -> str:
@@ -131,7 +135,7 @@ def generate(seed: int, steps: int | None = None, allow_held_out: bool = True) -
             new_lines, x = [line], apply_op(x, op, y)
         sentences.append(sentence)
         lines += new_lines
-    for _ in range(rng.choice([0, 0, 1, 2])):  # placed anywhere after the opening sentence
+    for _ in range(rng.choice([0, 0, 1])):  # placed anywhere after the opening sentence
         sentences.insert(rng.randint(1, len(sentences)), _distractor(rng, name, obj))
     sentences.append(f"How many {obj} does {name} have now?")
     answer = "\n".join(lines) + f"\n#### {x}"
