@@ -3,9 +3,10 @@
 from pathlib import Path
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded"
+EMBEDDED_LONG_MODEL_DIR = Path(__file__).parent / "embedded-long"  # tasks/longform.py, L = 256
 # The shipped checkpoints by name, so `--model embedded` works wherever unmaskd is installed
 # (in a container the folder lives in site-packages).
-SHIPPED_MODELS = {"embedded": EMBEDDED_MODEL_DIR}
+SHIPPED_MODELS = {"embedded": EMBEDDED_MODEL_DIR, "embedded-long": EMBEDDED_LONG_MODEL_DIR}
 
 
 def model_dir(path: str | Path) -> Path:
