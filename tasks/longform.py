@@ -6,8 +6,8 @@ A problem is a story about one person and one kind of object that takes 1 to 4 s
 1..99: add, subtract, multiply, divide evenly), with a distractor sentence in a third of them.
 The worked answer is one explanation line per step, as GSM8K solutions are: a short phrase
 that names the event, then the equation (`Buying 12 more: 34 + 12 = 46.`), then `#### N`.
-That is 15 to about 75 tokens, EOS-padded to a 256-token canvas (GEN_LENGTH), so most of the
-canvas is padding and how much is not known in advance.
+That is 18 to 100 tokens (embedded tokenizer), EOS-padded to a 256-token canvas (GEN_LENGTH),
+so most of the canvas is padding and how much is not known in advance.
 
 What makes it hard for parallel decoding, as GSM8K is at L = 256 in the paper:
 - The answer length is uncertain from the prompt. A sentence can cost 0 steps (a distractor
