@@ -194,6 +194,33 @@ def test_length_sorted_micro_batches_give_the_whole_batch_gradient(tiny_model_di
     assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(*grads))
 
 
+def test_prefix_rows_are_masked_as_block_wise_decoding_leaves_a_canvas():
+    """--prefix-rate: those rows are clean before a cut, masked at some rate in the window after
+    it and fully masked beyond, with the cut inside the answer or one window past it, so the
+    EOS padding that ends the answer is hidden (the model must know where it ends); the other
+    rows keep uniform masking."""
+    from unmaskd.dllm.train import make_batch
+
+    L, window, eos, mask = 64, 8, 0, 2
+    canvases = torch.full((200, L), eos)
+    canvases[:, :20] = 7  # answers of 20 tokens
+    gen = torch.Generator().manual_seed(0)
+    ids, _, target, masked = make_batch([[5, 6]] * 200, canvases, torch.arange(200), mask, 1,
+                                        gen, prefix_rate=0.5, window=window, eos=eos)
+    prefix_like = 0
+    for row in masked:
+        first = int(row.float().argmax()) if row.any() else L  # in [cut, cut + window]
+        if row[first + window:].all() and first + window < L and not row[:first].any():
+            prefix_like += 1
+            assert first <= 20 + 2 * window
+    assert 70 <= prefix_like <= 130  # about half the rows
+    assert (ids[:, 2:][masked] == mask).all() and torch.equal(ids[:, 2:][~masked], target[~masked])
+    none = make_batch([[5, 6]] * 200, canvases, torch.arange(200), mask, 1,
+                      torch.Generator().manual_seed(0))[3]
+    # uniform masking leaves some padding visible in nearly every row
+    assert sum(bool((~r[20:]).any()) for r in none) > 190
+
+
 def test_lr_schedule_warmup_stable_decay_and_decay_to_zero():
     from unmaskd.dllm.train import lr_at
 
