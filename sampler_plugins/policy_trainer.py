@@ -6,11 +6,19 @@
 
 As in Jazbec et al. 2026: groups of G rollouts per prompt through the engine (the dLLM greedy,
 the only randomness the policy's Bernoulli draws); terminal reward
-correct * ((L - min(NFE, L) + 1) / L) ** alpha; advantage = reward - group mean; groups whose
-rewards are all equal are skipped; a per-step PPO ratio clipped at epsilon; mu passes per
+correct * ((L - min(NFE, L) + 1) / L) ** alpha; advantage = reward - group mean; a per-step PPO
+ratio clipped at epsilon; mu passes per
 rollout batch, each over at most --loss-steps recorded steps (a uniform sample; long canvases
 record thousands); no KL term. Rollouts record each step's policy inputs and actions, so the
 loss needs no second dLLM pass.
+
+Dynamic sampling (DAPO; `--resample-rounds R`): a group whose rewards are all equal has zero
+advantage everywhere and teaches nothing, so before the optimiser step it is replaced by a fresh
+prompt's group, for up to R rounds; groups still uniform after the last round are kept and add
+nothing (the paper's skip). On a weak model most groups are all wrong (76-80% of them for
+embedded-long's first policies), so without this most of a step's rollouts were wasted. The run
+log's `zero_advantage` is the share of first-draw groups without signal, `replaced` how many
+groups were replaced, `zero_advantage_final` the share left without signal after replacing.
 
 Expert steering (`--expert-rollouts E`, meant for full diffusion): each group also gets E
 rollouts whose commits follow Fast-dLLM's threshold rule; they share the group's advantage
@@ -41,6 +49,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -120,6 +129,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--mu", type=int, default=2, help="optimisation passes per rollout batch")
+    ap.add_argument("--resample-rounds", type=int, default=3,
+                    help="dynamic sampling: rounds of replacing groups whose rewards are all "
+                         "equal with fresh prompts' groups before the optimiser step (0: off)")
+    ap.add_argument("--policy-temperature", type=float, default=1.0,
+                    help="tau_pi of the rollouts and the loss (the paper: 0.5 for blocks of 32, "
+                         "1.0 for full diffusion); serving keeps its own default")
     ap.add_argument("--loss-steps", type=int, default=1024,
                     help="recorded steps per pass, a uniform sample when the rollouts made more "
                          "(a 256-token canvas records ~100 per rollout; all of them at once "
@@ -144,6 +159,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--loss-steps must be >= 1")
     if args.expert_rollouts < 0:
         ap.error("--expert-rollouts must be >= 0")
+    if args.resample_rounds < 0:
+        ap.error("--resample-rounds must be >= 0")
+    if not args.policy_temperature > 0.0:
+        ap.error("--policy-temperature must be > 0")
     if not 0.0 < args.expert_mix <= 1.0:
         ap.error("--expert-mix must be in (0, 1]")
     if not 0.0 < args.expert_threshold <= 1.0:
@@ -151,9 +170,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# Rollouts draw every position independently from the network's own probabilities (the
-# paper's tau_pi = 1, no beta), whatever the serving defaults are; the loss uses the same.
+# Rollouts draw every position independently from the network's own probabilities (no beta;
+# tau_pi = 1 unless --policy-temperature says otherwise), whatever the serving defaults are; the
+# loss uses the same.
 ROLLOUT_KNOBS = {"mode": "bernoulli", "policy_temperature": 1.0, "beta": 1.0}
+
+
+@dataclass
+class Group:
+    """One prompt's rollouts: G of the policy's, then E of the expert's."""
+    problem: Problem | Example
+    results: list[SequenceResult]
+    correct: list[bool]
+    rewards: torch.Tensor
+
+    @property
+    def informative(self) -> bool:
+        return bool(self.rewards.max() > self.rewards.min())
+
+
+class ProblemStream:
+    """The run's training problems in order, each rank its own interleaved share, drawn as
+    (draw number, problem); the cursor is checkpointed so that a resumed run draws what a
+    straight one would, and dynamic sampling may draw past the planned count (it wraps)."""
+
+    def __init__(self, problems: list, rank: int, world: int, cursor: int = 0):
+        self.mine, self.cursor = problems[rank::world], cursor
+
+    def take(self, k: int) -> list[tuple[int, Problem | Example]]:
+        out = [(d, self.mine[d % len(self.mine)]) for d in range(self.cursor, self.cursor + k)]
+        self.cursor += k
+        return out
+
+
+def sample_groups(take: Callable[[int], list], roll: Callable[[list], list[Group]], n: int,
+                  rounds: int) -> tuple[list[Group], list[Group], int]:
+    """Dynamic sampling: n groups, replacing those with all-equal rewards by fresh prompts' groups
+    for up to `rounds` rounds. Returns the kept groups, the first draw's (the unbiased view of
+    the policy for the log) and how many were replaced."""
+    kept: list[Group] = []
+    first: list[Group] = []
+    replaced = 0
+    for round_ in range(rounds + 1):
+        groups = roll(take(n - len(kept)))
+        first = first or groups
+        for g in groups:
+            if g.informative or round_ == rounds:
+                kept.append(g)
+            else:
+                replaced += 1
+        if len(kept) == n:
+            break
+    return kept, first, replaced
 
 
 def rollout_seed(*parts: int) -> int:
@@ -183,13 +251,13 @@ def mixture_log_prob(logp: torch.Tensor, expert: torch.Tensor, mix: float) -> to
 
 
 def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float,
-              expert_mix: float = 1.0) -> torch.Tensor:
+              expert_mix: float = 1.0, policy_temperature: float = 1.0) -> torch.Tensor:
     """Clipped PPO objective over every recorded step (mean over steps)."""
     feats = torch.stack([s["feats"] for s in steps])
     logits = net(feats, torch.stack([s["mask_bits"] for s in steps]),
                  torch.stack([s["t"] for s in steps]), torch.stack([s["valid"] for s in steps]))
     decide = torch.stack([s["decide"] for s in steps])
-    s_probs = unmask_probs(logits, ROLLOUT_KNOBS["policy_temperature"], ROLLOUT_KNOBS["beta"])
+    s_probs = unmask_probs(logits, policy_temperature, ROLLOUT_KNOBS["beta"])
     logp = bernoulli_log_prob(s_probs, torch.stack([s["action"] for s in steps]), decide)
     expert = torch.stack([s["expert"] for s in steps])
     old = mixture_log_prob(torch.stack([s["logp"] for s in steps]), expert, expert_mix)
@@ -217,7 +285,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     args.block_length = block_length = resolve_block_length(args.block_length, L) or default_block
     args.task = args.task or (None if args.data else read_task_file(model_dir).get("task"))
     problems, val_problems, check = training_data(
-        args, engine, args.iterations * args.prompts_per_step * world)
+        args, engine, args.iterations * args.prompts_per_step * world * (1 + args.resample_rounds))
     reward_fn = reward_fn or task_reward(args.alpha, check)
     features = tuple(f.strip() for f in args.features.split(","))
     meta = policy_meta(args, argv, model_dir, block_length, world)
@@ -233,13 +301,14 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = out / "ckpt.pt", out / "log.jsonl"
-    start = 0
+    start = cursor = 0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True, map_location=args.device)
         check_resumable(state.get("settings", settings), settings, out)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         start = state["iteration"]
+        cursor = state.get("cursor", start * args.prompts_per_step)
         if rank == 0 and log_path.exists():
             kept = [ln for ln in log_path.read_text().splitlines()
                     if json.loads(ln).get("iteration", 0) <= start]
@@ -248,31 +317,36 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     STORE.add(Policy(TRAIN_EXPERT, net, {"block_length": block_length}, record=True,
                      expert_threshold=args.expert_threshold))
     P, G, E = args.prompts_per_step, args.group_size, args.expert_rollouts
-    # rollout i of a batch is (prompt i // (G + E), draw i % (G + E)); the last E are the expert's
-    own = [i for i in range(P * (G + E)) if i % (G + E) < G]
-    experts = [i for i in range(P * (G + E)) if i % (G + E) >= G]
+    stream = ProblemStream(problems, rank, world, cursor)
+    knobs = {**ROLLOUT_KNOBS, "policy_temperature": args.policy_temperature}
+
+    def roll(draws: list[tuple[int, Problem | Example]]) -> list[Group]:
+        """G + E rollouts of each drawn prompt in one batch; the last E are the expert's."""
+        reqs = [GenerationRequest(
+            engine.tokenizer(p.prompt)["input_ids"], "learned",
+            {"policy": TRAIN_EXPERT if g >= G else TRAIN_POLICY, **knobs},
+            gen_length=L, block_length=block_length,  # steps: one per position at most
+            seed=rollout_seed(args.seed, rank, d, g))
+            for d, p in draws for g in range(G + E)]
+        results = engine.generate(reqs, max_batch_size=len(reqs))
+        groups = []
+        for k, (_, p) in enumerate(draws):
+            rs = results[k * (G + E):(k + 1) * (G + E)]
+            groups.append(Group(p, rs, [check(r.text, p.value) for r in rs],
+                                torch.tensor([reward_fn(r, p, L) for r in rs])))
+        return groups
+
     t_start = time.time()
     bar = tqdm(total=args.iterations, initial=start, desc="train-policy", disable=rank != 0)
     for it in range(start, args.iterations):
         t0 = time.time()
-        batch = problems[(it * world + rank) * P:(it * world + rank + 1) * P]
         net.eval()
-        reqs = [GenerationRequest(
-            engine.tokenizer(p.prompt)["input_ids"], "learned",
-            {"policy": TRAIN_EXPERT if g >= G else TRAIN_POLICY, **ROLLOUT_KNOBS},
-            gen_length=L, block_length=block_length,  # steps: one per position at most
-            seed=rollout_seed(args.seed, it, rank, i, g))
-            for i, p in enumerate(batch) for g in range(G + E)]
-        results = engine.generate(reqs, max_batch_size=len(reqs))
-        correct = [check(r.text, batch[i // (G + E)].value) for i, r in enumerate(results)]
-        rewards = torch.tensor([reward_fn(r, batch[i // (G + E)], L)
-                                for i, r in enumerate(results)])
-        groups = rewards.view(P, G + E)
-        advantages = (groups - groups.mean(1, keepdim=True)).flatten()
-        informative = (groups.max(1).values > groups.min(1).values).repeat_interleave(G + E)
+        kept, first, replaced = sample_groups(stream.take, roll, P, args.resample_rounds)
         steps, step_adv = [], []
-        for r, a, keep in zip(results, advantages.tolist(), informative.tolist()):
-            if keep:
+        for g in kept:
+            if not g.informative:
+                continue
+            for r, a in zip(g.results, (g.rewards - g.rewards.mean()).tolist()):
                 recs = r.sampler_state.get("steps", [])
                 steps += recs
                 step_adv += [a] * len(recs)
@@ -285,28 +359,35 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
                 pick = loss_sample(len(steps), args.loss_steps,
                                    rollout_seed(args.seed, it, rank, pass_))
                 loss = grpo_loss(model, [steps[i] for i in pick], step_adv_t[pick], args.clip,
-                                 args.expert_mix)
+                                 args.expert_mix, args.policy_temperature)
             else:  # nothing to learn on this rank; a zero loss still joins the all-reduce
                 loss = model(*dummy_inputs(net, args.device)).sum() * 0.0
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
             opt.step()
-        all_steps = [s for i in own for s in results[i].sampler_state.get("steps", [])]
+        # the first draw's policy rollouts: what the policy does on the data, not on the
+        # prompts dynamic sampling kept
+        own = [(r, c) for g in first for r, c in zip(g.results[:G], g.correct[:G])]
+        all_steps = [s for r, _ in own for s in r.sampler_state.get("steps", [])]
         record = {
-            "iteration": it + 1, "reward": rewards[own].mean().item(),
-            "accuracy": sum(correct[i] for i in own) / len(own),
-            "nfe": sum(results[i].nfe for i in own) / len(own),
+            "iteration": it + 1,
+            "reward": torch.cat([g.rewards[:G] for g in first]).mean().item(),
+            "accuracy": sum(c for _, c in own) / len(own),
+            "nfe": sum(r.nfe for r, _ in own) / len(own),
             "still_masked": torch.stack([s["mask_bits"].float().sum() / s["valid"].float().sum()
                                          for s in all_steps]).mean().item(),
             "unmask_prob": _mean_unmask_prob(net, all_steps),
-            "zero_advantage": 1 - informative.float().mean().item(),
+            "zero_advantage": sum(not g.informative for g in first) / len(first),
+            "replaced": replaced,
+            "zero_advantage_final": sum(not g.informative for g in kept) / len(kept),
             "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
             "step_s": round(time.time() - t0, 2),
         }
         if E:
-            record["expert_accuracy"] = sum(correct[i] for i in experts) / len(experts)
-            record["expert_nfe"] = sum(results[i].nfe for i in experts) / len(experts)
+            expert = [(r, c) for g in first for r, c in zip(g.results[G:], g.correct[G:])]
+            record["expert_accuracy"] = sum(c for _, c in expert) / len(expert)
+            record["expert_nfe"] = sum(r.nfe for r, _ in expert) / len(expert)
         if rank == 0:
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                             nfe=f"{record['nfe']:.1f}")
@@ -318,7 +399,8 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             if (it + 1) % args.ckpt_every == 0 or it + 1 == args.iterations:
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
-                            "iteration": it + 1, "settings": settings}, tmp)
+                            "iteration": it + 1, "cursor": stream.cursor,
+                            "settings": settings}, tmp)
                 tmp.replace(ckpt_path)
                 meta["training"]["iterations_done"] = it + 1
                 meta["training"]["wall_s"] = round(time.time() - t_start, 1)
@@ -480,6 +562,8 @@ def policy_meta(args, argv: list[str], model_dir: Path, block_length: int, world
             else f"tasks.{args.task or 'arithmetic'} train split", "iterations": args.iterations,
             "group_size": args.group_size, "prompts_per_step": args.prompts_per_step,
             "world_size": world, "lr": args.lr, "mu": args.mu, "clip": args.clip,
+            "resample_rounds": args.resample_rounds,
+            "policy_temperature": args.policy_temperature,
             "expert_rollouts": args.expert_rollouts, "expert_threshold": args.expert_threshold,
             "expert_mix": args.expert_mix,
             "init": str(args.init) if args.init is not None else None,

@@ -371,3 +371,58 @@ def test_first_grpo_pass_reproduces_the_rollout_likelihood(tiny_engine):
     assert len(steps) == r.nfe >= 4
     loss = grpo_loss(net, steps, torch.ones(len(steps)), clip=0.5)
     assert loss.item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def _group(*rewards: float):
+    from unmaskd.sampler_plugins.policy_trainer import Group
+
+    return Group(None, [], [], torch.tensor(rewards))
+
+
+def test_dynamic_sampling_replaces_groups_without_signal_with_fresh_prompts():
+    """DAPO's dynamic sampling: a group whose rewards are all equal is replaced by a fresh
+    prompt's group; after the last round the uniform ones left are kept (they add nothing)."""
+    from unmaskd.sampler_plugins.policy_trainer import ProblemStream, sample_groups
+
+    # prompt d's group has signal when d % 3 == 2
+    stream = ProblemStream(list(range(100)), rank=0, world=1)
+    roll = lambda draws: [_group(0.0, 1.0) if p % 3 == 2 else _group(0.0, 0.0)  # noqa: E731
+                          for _, p in draws]
+    kept, first, replaced = sample_groups(stream.take, roll, 4, rounds=10)
+    assert all(g.informative for g in kept) and len(kept) == 4
+    assert [g.informative for g in first] == [False, False, True, False]
+    assert replaced == stream.cursor - 4  # every draw past the first 4 replaced one
+    kept, _, replaced = sample_groups(ProblemStream(list(range(100)), 0, 1).take, roll, 4,
+                                      rounds=0)
+    assert replaced == 0 and sum(g.informative for g in kept) == 1  # off: the paper's skip
+    # ranks draw interleaved shares and the stream wraps past its end
+    assert [p for _, p in ProblemStream(list(range(6)), 1, 2).take(4)] == [1, 3, 5, 1]
+
+
+def test_trainer_logs_replaced_groups_and_resumes_the_problem_stream(tiny_model_dir, tmp_path):
+    """A reward without signal on half the prompts: the log shows groups replaced and none left
+    without signal; a run resumed from its checkpoint draws the same problems (same weights)."""
+    from safetensors.torch import load_file
+    from unmaskd.sampler_plugins.policy_trainer import train
+
+    def half_uniform(result, problem, L):  # even answers: a reward that tells draws apart
+        return 0.0 if problem.value % 2 else 1.0 + len(set(result.trace)) / L + 0.01 * (
+            sum(i * t for i, t in enumerate(result.trace)) % 97)
+
+    common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--block-length", "4",
+              "--prompts-per-step", "2", "--group-size", "4", "--lr", "0.01",
+              "--ckpt-every", "1", "--resample-rounds", "4", "--policy-temperature", "0.5"]
+    straight = train(common + ["--out", str(tmp_path / "a"), "--iterations", "3"],
+                     reward_fn=half_uniform)
+    log = [json.loads(ln) for ln in (tmp_path / "a/log.jsonl").read_text().splitlines()]
+    assert sum(r["replaced"] for r in log) > 0
+    assert all(r["zero_advantage_final"] <= r["zero_advantage"] for r in log)
+    assert sum(r["zero_advantage_final"] for r in log) < sum(r["zero_advantage"] for r in log)
+    train(common + ["--out", str(tmp_path / "b"), "--iterations", "2"], reward_fn=half_uniform)
+    resumed = train(common + ["--out", str(tmp_path / "b"), "--iterations", "3"],
+                    reward_fn=half_uniform)
+    a, b = (load_file(str(d / "policy.safetensors")) for d in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = json.loads((straight / "policy.json").read_text())
+    assert meta["training"]["resample_rounds"] == 4
+    assert meta["training"]["policy_temperature"] == 0.5
