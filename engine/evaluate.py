@@ -1,7 +1,7 @@
 """Offline evaluation of samplers on the task suite (`unmaskd eval`).
 
-    unmaskd eval --split test --n 500 --sampler threshold:threshold=0.5|0.7|0.9 \\
-        --sampler topk_confidence:steps=12|24|48 --json out.json --plot out.png
+    unmaskd eval --split test --n 500 --sampler 'threshold:threshold=0.5|0.7|0.9' \\
+        --sampler 'topk_confidence:steps=12|24|48' --json out.json --plot out.png
 
 A SPEC is `name` or `name:key=value,key=value`; `key=v1|v2|v3` sweeps a key. `steps` is the
 generation's step budget, every other key a sampler parameter. Each configuration runs batched
