@@ -1,9 +1,12 @@
 """The `unmaskd` command: generate, eval, serve, train-dllm, train-policy.
 
-    unmaskd generate --prompt "Question: Ava has 3 apples. She buys 4 more apples. \\
-        How many apples does Ava have now?\\nAnswer:"
-    unmaskd eval --split test --n 500 --sampler threshold:threshold=0.7|0.9
+    unmaskd generate --prompt \\
+        "Question: Sam has 9 eggs. Sam buys 4 more eggs. How many eggs does Sam have now?\\nAnswer:"
+    unmaskd eval --split test --n 500 --sampler 'threshold:threshold=0.7|0.9'
     unmaskd serve --port 8000
+
+`unmaskd COMMAND --help` describes a command. A sweep's `|` must be quoted (a shell reads it as
+a pipe).
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def cmd_eval(argv: list[str]) -> int:
     ap.add_argument("--n", type=int,
                     help="problems (default: 500 of a split, every line of --data)")
     ap.add_argument("--sampler", action="append", required=True, metavar="SPEC",
-                    help="name or name:key=value,key=v1|v2 (a sweep); repeatable")
+                    help="name or name:key=value,key=v1|v2 (a sweep: quote it, the shell "
+                         "reads | as a pipe); repeatable")
     ap.add_argument("--block-length", type=block_length_arg,
                     help="N or 'full' (default: the task's, else gen length / 4; Dream: full)")
     ap.add_argument("--gen-length", type=int)
@@ -143,9 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         "train-policy": lambda a: __import__("unmaskd.sampler_plugins.policy_trainer",
                                              fromlist=["main"]).main(a),
     }
-    if not argv or argv[0] not in commands:
-        print(__doc__.strip() + "\n\ncommands: " + ", ".join(commands), file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    listing = "commands: " + ", ".join(commands)
+    if argv and argv[0] in ("-h", "--help"):  # asked for: stdout, status 0, as argparse does
+        print(__doc__.strip() + "\n\n" + listing)
+        return 0
+    if not argv:
+        print(__doc__.strip() + "\n\n" + listing, file=sys.stderr)
+        return 2
+    if argv[0] not in commands:
+        print(f"error: unknown command {argv[0]!r}\n{listing} (unmaskd --help for examples)",
+              file=sys.stderr)
+        return 2
     return commands[argv[0]](argv[1:]) or 0
 
 

@@ -1,14 +1,16 @@
 """Offline evaluation of samplers on the task suite (`unmaskd eval`).
 
-    unmaskd eval --split test --n 500 --sampler threshold:threshold=0.5|0.7|0.9 \\
-        --sampler topk_confidence:steps=12|24|48 --json out.json --plot out.png
+    unmaskd eval --split test --n 500 --sampler 'threshold:threshold=0.5|0.7|0.9' \\
+        --sampler 'topk_confidence:steps=12|24|48' --json out.json --plot out.png
 
 A SPEC is `name` or `name:key=value,key=value`; `key=v1|v2|v3` sweeps a key. `steps` is the
 generation's step budget, every other key a sampler parameter. Each configuration runs batched
 through the engine over the same problems; the table gives accuracy with a 95% Wilson interval,
 mean NFE (and mean NFE had decoding stopped at EOS, derived exactly from the trace), tokens per
-step and sequences per second. `--task` picks the built-in suite (tasks/: arithmetic, the
-default, or longform); `--data FILE.jsonl` replaces it with your own problems (`tasks/jsonl.py`).
+step and sequences per second. `--plot` draws accuracy (with its interval bar) against mean
+NFE, one line per sampler and dial, each point labelled with the dial's value (`_lines`).
+`--task` picks the built-in suite (tasks/: arithmetic, the default, or longform); `--data
+FILE.jsonl` replaces it with your own problems (`tasks/jsonl.py`).
 
 Every request of every configuration is validated before the first problem runs, and `--json`
 is rewritten after each finished configuration, so a stopped run keeps what it finished.
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 from unmaskd.engine.loop import Engine
@@ -30,6 +33,9 @@ from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, default_b
 from unmaskd.tasks import TASKS
 from unmaskd.tasks.arithmetic import check_answer
 from unmaskd.tasks.jsonl import DEFAULT_CHECKER, DataError, load_jsonl, make_checker
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_N = 500  # problems of a built-in split when --n is not given
 
@@ -206,33 +212,88 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+def _is_dial(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    def curve(r: dict) -> str:  # one line per sampler, and per policy and tau for `learned`
-        params, tags = r["params"], []
-        if "policy" in params:
-            tags.append(params["policy"])
-        if "policy_temperature" in params:
-            tags.append(f"tau {params['policy_temperature']}")
-        return f"{r['sampler']} ({', '.join(tags)})" if tags else r["sampler"]
+def _dials(rows: list[dict]) -> dict[str, list]:
+    """Per parameter of these rows (and `steps`), the distinct values they use."""
+    values: dict[str, list] = {}
+    for r in rows:
+        for key, value in [*r["params"].items(), ("steps", r["steps"])]:
+            seen = values.setdefault(key, [])
+            if value not in seen:
+                seen.append(value)
+    return values
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more curves than the default 10 colours
-    for name in dict.fromkeys(curve(r) for r in rows):
-        pts = sorted((r["mean_nfe"], 100 * r["accuracy"]) for r in rows if curve(r) == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+
+def _lines(rows: list[dict]) -> list[list[dict]]:
+    """The Pareto plot's lines. Rows share a line when they have the same sampler, name the
+    same parameters and agree on those that are not numbers (a policy's name): `learned` and
+    `learned:beta=2`, or two policies, are separate lines. Along a line one number varies,
+    its dial; where rows differ in several (a grid such as `klass:conf=0.5|0.9,kl=0.01|0.1`)
+    the one with the most values is the dial and each value of the others is its own line."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        names = tuple(sorted((k, str(v)) for k, v in r["params"].items() if not _is_dial(v)))
+        groups.setdefault((r["sampler"], tuple(sorted(r["params"])), names), []).append(r)
+    lines: list[list[dict]] = []
+    for group in groups.values():
+        values = _dials(group)
+        varying = [k for k, vs in values.items() if len(vs) > 1]
+        dial = max(varying, key=lambda k: len(values[k]), default=None)  # first on ties
+        split: dict[tuple, list[dict]] = {}
+        for r in group:
+            point = {**r["params"], "steps": r["steps"]}
+            split.setdefault(tuple(point[k] for k in varying if k != dial), []).append(r)
+        lines += split.values()
+    return lines
+
+
+def pareto_figure(rows: list[dict], title: str) -> Figure:
+    """Accuracy (with its 95% Wilson interval) against mean NFE, one line per `_lines`. A
+    line is named as a SPEC (`threshold:threshold=0.5|0.9`) and each of its points is
+    labelled with its dial's value (`0.5`); a line of one point is named by its row's label.
+    The y axis starts at 0."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 5))
+    ax = fig.subplots()
+    ax.set_prop_cycle(color=colormaps["tab20"].colors)  # more lines than the default 10 colours
+    for members in _lines(rows):
+        members = sorted(members, key=lambda r: r["mean_nfe"])
+        values = _dials(members)
+        dial = next((k for k, vs in values.items() if len(vs) > 1), None)
+        name = members[0]["label"]
+        if dial is not None:
+            items = [f"{k}={'|'.join(str(v) for v in sorted(vs))}" for k, vs in values.items()
+                     if k != "steps" or k == dial]
+            name = f"{members[0]['sampler']}:{','.join(items)}"
+        x = [r["mean_nfe"] for r in members]
+        y = [100 * r["accuracy"] for r in members]
+        below = [max(0.0, 100 * (r["accuracy"] - r["ci95"][0])) for r in members]
+        above = [max(0.0, 100 * (r["ci95"][1] - r["accuracy"])) for r in members]
+        ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=3, linewidth=1.2,
+                    elinewidth=0.8, label=name)
+        if dial is not None:
+            for r, xi, yi in zip(members, x, y):
+                value = r["steps"] if dial == "steps" else r["params"][dial]
+                ax.annotate(str(value), (xi, yi), xytext=(4, 3), textcoords="offset points",
+                            fontsize=7)
+    # an accuracy is never negative; the top leaves room above the highest interval
+    ax.set_ylim(0, min(100.0, 100 * max(r["ci95"][1] for r in rows) + 5))
     ax.set_xlabel("mean NFE (denoising steps)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("accuracy (%), 95% Wilson interval")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_pareto(rows: list[dict], path: Path, title: str) -> None:
+    pareto_figure(rows, title).savefig(path, dpi=120)
 
 
 def run_eval(engine: Engine, split: str, n: int | None, specs: list[str],

@@ -6,12 +6,14 @@ Every flag has an environment variable with the `UNMASKD_` prefix (`--max-batch-
 
 from __future__ import annotations
 
+import argparse
 import inspect
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
 from unmaskd.dllm import EMBEDDED_MODEL_DIR, SHIPPED_MODELS, model_dir
 
 
@@ -23,11 +25,11 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="UNMASKD_", cli_kebab_case=True, cli_prog_name="unmaskd serve",
-        cli_exit_on_error=True, extra="ignore")
+        cli_exit_on_error=True, cli_hide_none_type=True, extra="ignore")
 
     model: Annotated[Path, AfterValidator(model_dir)] = Field(
         EMBEDDED_MODEL_DIR, description="checkpoint folder, or a shipped model's name: "
-                                        + ", ".join(SHIPPED_MODELS))
+                                        + ", ".join(SHIPPED_MODELS) + " (default: embedded)")
     policies: Path | None = Field(
         None, description="folder of learned unmasking policies (default: MODEL/policies)")
     host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")
@@ -37,10 +39,12 @@ class ServerSettings(BaseSettings):
         256, ge=1, description="requests waiting for a batch slot before new ones get 429")
     api_key: str | None = Field(
         None, min_length=1,
-        description="require 'Authorization: Bearer KEY' (not on /health, /metrics)")
+        description="require 'Authorization: Bearer KEY' (not on /health, /metrics) "
+                    "(default: none, no key asked)")
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="largest request body accepted; larger ones get 413")
-    ab_config: Path | None = Field(None, description="A/B experiments file (YAML or JSON)")
+    ab_config: Path | None = Field(
+        None, description="A/B experiments file (YAML or JSON) (default: none, no experiments)")
     ab_min_samples: int = Field(
         10, ge=2, description="requests per arm before an A/B report tests differences")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
@@ -50,7 +54,8 @@ class ServerSettings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights' dtype (auto: config's torch_dtype on CUDA, float32 on CPU)")
     mask_token_id: int | None = Field(
-        None, ge=0, description="override config.json's mask_token_id (LLaDA-8B: 126336)")
+        None, ge=0, description="override config.json's mask_token_id (LLaDA-8B: 126336) "
+                                "(default: config.json's)")
     cache: Literal["none", "prefix", "dual"] = Field(
         "none", description="key/value cache for every request: none, or Fast-dLLM's prefix or "
                             "dual cache")
@@ -60,7 +65,24 @@ class ServerSettings(BaseSettings):
 ServerSettings.__doc__ = inspect.cleandoc(ServerSettings.__doc__ or "")
 
 
+# pydantic-settings ends every flag's help with "(default: VALUE)", "null" for None
+_APPENDED_DEFAULT = re.compile(r" \(default: [^()]*\)$")
+
+
+def _add_flag(parser: argparse.ArgumentParser, *names: str, **kwargs) -> argparse.Action:
+    """argparse's add_argument, except that a description which says its own default
+    ("MODEL/policies", "config.json's") keeps only that one: `--policies` would otherwise
+    read "(default: MODEL/policies) (default: null)"."""
+    text = kwargs.get("help")
+    if isinstance(text, str):
+        own = _APPENDED_DEFAULT.sub("", text)
+        if "(default: " in own:
+            kwargs["help"] = own
+    return parser.add_argument(*names, **kwargs)
+
+
 def parse_settings(argv: list[str]) -> ServerSettings:
     """Flags, then `UNMASKD_*` environment variables, then defaults. Raises pydantic's
     ValidationError on bad values; argparse exits on unknown flags and prints --help."""
-    return CliApp.run(ServerSettings, cli_args=argv)
+    source = CliSettingsSource(ServerSettings, add_argument_method=_add_flag)
+    return CliApp.run(ServerSettings, cli_args=argv, cli_settings_source=source)

@@ -62,3 +62,66 @@ def test_a_shipped_model_is_found_by_name_unless_a_folder_has_that_name(tmp_path
     assert model_dir("no-such-model") == Path("no-such-model")  # the loader says it is missing
     (tmp_path / "embedded").mkdir()
     assert model_dir("embedded") == Path("embedded")
+
+
+def test_help_goes_to_stdout_with_status_0(capsys):
+    for flag in ("--help", "-h"):
+        assert main([flag]) == 0
+        out, err = capsys.readouterr()
+        assert "commands: generate, eval, serve" in out and err == ""
+
+
+def test_an_unknown_or_missing_command_is_status_2_on_stderr(capsys):
+    assert main(["bogus"]) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert out == "" and lines[0] == "error: unknown command 'bogus'"
+    assert lines[1].startswith("commands: generate, eval, serve") and len(lines) == 2
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "commands: generate" in err
+
+
+def _help_examples(text: str) -> list[str]:
+    """The `unmaskd ...` lines of the help, with backslash-continued lines joined."""
+    examples, current = [], ""
+    for line in text.splitlines():
+        if current or line.strip().startswith("unmaskd "):
+            current += line.strip()
+            if current.endswith("\\"):
+                current = current[:-1] + " "
+                continue
+            examples.append(current)
+            current = ""
+    return examples
+
+
+def test_the_help_examples_paste_into_a_shell(capsys):
+    """A sweep's `|` unquoted is a shell pipe; and the example generate call runs as shown."""
+    import shlex
+
+    assert main(["--help"]) == 0
+    examples = _help_examples(capsys.readouterr().out)
+    assert [e.split()[1] for e in examples] == ["generate", "eval", "serve"]
+    for example in examples:
+        lexer = shlex.shlex(example, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        assert not any(set(word) <= set("|&;<>()") for word in lexer), example
+    generate = shlex.split(examples[0])
+    assert main(generate[1:] + ["--threads", "1"]) == 0
+    assert "####" in capsys.readouterr().out
+
+
+def test_serve_help_says_each_default_once_and_never_null(capsys):
+    """pydantic-settings appends "(default: VALUE)" to every flag, "null" for None, after any
+    default the description gives itself."""
+    from unmaskd.server.settings import ServerSettings, parse_settings
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert "null" not in text
+    assert text.count("(default: ") == len(ServerSettings.model_fields)
+    assert "--policies Path folder of learned unmasking policies (default: MODEL/policies)" in text
+    assert "(default: config.json's)" in text

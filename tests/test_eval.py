@@ -86,3 +86,60 @@ def test_rows_report_early_eos_and_short_answers(tiny_model_dir, tmp_path):
                           str(out))) == 0
     (row,) = json.loads(out.read_text())["results"]
     assert row["early_eos"] >= 0 and 0 <= row["shorter_than_reference"] <= 1
+
+
+def _row(sampler: str, params: dict, nfe: float, correct: int, n: int = 20,
+         steps: int = 48) -> dict:
+    from unmaskd.engine.evaluate import Config, wilson
+
+    return {"label": Config(sampler, params).label, "sampler": sampler, "params": params,
+            "steps": steps, "n": n, "accuracy": correct / n, "ci95": list(wilson(correct, n)),
+            "mean_nfe": nfe}
+
+
+def test_the_pareto_plot_labels_points_splits_series_and_draws_intervals():
+    """Read from the matplotlib figure, not its pixels: one line per series (`learned` apart
+    from `learned:beta=...`, a grid's second parameter apart), each point labelled with its
+    dial, Wilson bars, and a y axis from 0."""
+    from unmaskd.engine.evaluate import pareto_figure
+
+    rows = [_row("threshold", {"threshold": 0.5}, 3.0, 14),
+            _row("threshold", {"threshold": 0.9}, 5.0, 17),
+            _row("learned", {}, 5.0, 17),
+            _row("learned", {"beta": 0.5}, 7.0, 18), _row("learned", {"beta": 2}, 4.0, 15),
+            _row("learned", {"policy": "a", "beta": 1}, 6.0, 16),
+            _row("learned", {"policy": "b", "beta": 1}, 6.5, 16),
+            _row("topk_confidence", {}, 12.0, 16, steps=12),
+            _row("topk_confidence", {}, 48.0, 18, steps=48),
+            *(_row("klass", {"conf": c, "kl": kl}, nfe, 15) for c, kl, nfe in
+              [(0.5, 0.01, 8.0), (0.9, 0.01, 9.0), (0.5, 0.1, 10.0), (0.9, 0.1, 11.0)])]
+    ax = pareto_figure(rows, "test").axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["threshold:threshold=0.5|0.9", "learned", "learned:beta=0.5|2",
+                      "learned:policy=a,beta=1", "learned:policy=b,beta=1",
+                      "topk_confidence:steps=12|48", "klass:conf=0.5|0.9,kl=0.01",
+                      "klass:conf=0.5|0.9,kl=0.1"]
+    labels = {(t.xy[0], round(t.xy[1], 6)): t.get_text() for t in ax.texts}
+    assert labels[(3.0, 70.0)] == "0.5" and labels[(5.0, 85.0)] == "0.9"  # threshold's
+    assert labels[(7.0, 90.0)] == "0.5" and labels[(4.0, 75.0)] == "2"  # learned's beta
+    assert labels[(12.0, 80.0)] == "12" and labels[(48.0, 90.0)] == "48"  # top-k's steps
+    assert [labels[(x, 75.0)] for x in (8.0, 9.0, 10.0, 11.0)] == ["0.5", "0.9"] * 2  # conf
+    assert (6.0, 80.0) not in labels  # a line of one point: its legend names it
+    # each point's bar spans its row's Wilson interval
+    bars = {}
+    for container in ax.containers:
+        for segment in container.lines[2][0].get_segments():
+            (x, lo), (_, hi) = segment
+            bars.setdefault(x, []).append((round(lo, 6), round(hi, 6)))
+    lo, hi = rows[0]["ci95"]
+    assert (round(100 * lo, 6), round(100 * hi, 6)) in bars[3.0]
+    assert sum(len(v) for v in bars.values()) == len(rows)
+    assert ax.get_ylim() == (0.0, min(100.0, 100 * max(r["ci95"][1] for r in rows) + 5))
+
+
+def test_the_pareto_plot_of_all_zero_accuracies_stays_at_or_above_zero():
+    from unmaskd.engine.evaluate import pareto_figure
+
+    rows = [_row("threshold", {"threshold": t}, nfe, 0) for t, nfe in [(0.5, 2.0), (0.9, 4.0)]]
+    bottom, top = pareto_figure(rows, "zero").axes[0].get_ylim()
+    assert bottom == 0 and 100 * rows[0]["ci95"][1] < top <= 100  # the bars show

@@ -11,6 +11,8 @@ from unmaskd.engine.loop import Engine
 from unmaskd.tasks.jsonl import DataError, Example, load_jsonl, make_checker, repeat
 
 SAMPLE = Path(__file__).parent.parent / "tasks/samples/gsm8k_style.jsonl"
+# the embedded model's own domain: what `eval --data` shows a newcomer out of the box
+EMBEDDED_SAMPLE = Path(__file__).parent.parent / "tasks/samples/embedded_arithmetic.jsonl"
 GOOD = json.dumps({"prompt": "Question: 1 + 1?\nAnswer:", "answer": "1 + 1 = 2.\n#### 2"})
 
 
@@ -27,6 +29,18 @@ def test_the_sample_loads_with_prompts_and_chat_messages(tokenizer):
     chat = examples[-1]
     assert chat.prompt.startswith("Question: ") and chat.prompt.endswith("\nAnswer:")
     assert chat.where == f"{SAMPLE}:20"
+
+
+def test_the_embedded_sample_scores_on_the_embedded_model(tmp_path, capsys):
+    """The shipped models score 0% on the GSM8K-style sample (outside what they learned), so
+    it shows a newcomer nothing; the embedded-domain sample must give a reading (89-93% for
+    threshold and top-k when measured for the README; here a floor far from 0)."""
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--data", str(EMBEDDED_SAMPLE), "--threads", "1", "--sampler",
+                 "threshold", "--json", str(out)]) == 0
+    capsys.readouterr()
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["n"] == 28 and row["accuracy"] >= 0.6, row
 
 
 @pytest.mark.parametrize("line, message", [

@@ -476,6 +476,16 @@ def check_ci_run() -> None:
     assert re.search(r"^make test$", script.read_text(), re.M)
 
 
+def test_the_readme_names_every_package_make_test_installs():
+    """`make test` runs .ci/deps.sh, which apt-installs packages (chromium among them): a
+    newcomer running it as root should know what it puts on the machine."""
+    installed = re.findall(r"need\+=\(([\w.-]+)\)", (ROOT / ".ci" / "deps.sh").read_text())
+    assert installed, "no packages found in .ci/deps.sh"
+    readme = README.read_text()
+    assert ".ci/deps.sh" in readme
+    assert not [name for name in installed if f"`{name}`" not in readme]
+
+
 def check_compose(cmd: Command, args: list[str]) -> None:
     compose_file = flag_value(args, "-f") or flag_value(args, "--file")
     assert compose_file is not None, f"README.md:{cmd.line}: {cmd.text!r} names no -f file"
