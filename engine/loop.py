@@ -345,7 +345,7 @@ class Engine:
                 block_length=self.block_len[row_idx],
                 steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
                 gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
-                probs=(self._probs(parts, row_idx) if sampler.needs_probs else None),
+                probs=(self._probs(parts, fresh, row_idx) if sampler.needs_probs else None),
                 embedding=(embedding[row_idx] if embedding is not None and i == embed_group
                            else None),
                 states=states)
@@ -507,13 +507,17 @@ class Engine:
         return (torch.cat(rows).to(self.device), torch.cat(cols).to(self.device),
                 torch.cat(logits))
 
-    def _probs(self, parts, row_idx: torch.Tensor) -> torch.Tensor:
-        """Full distributions [n, W, V] of some rows (uniform where this step has no logits)."""
+    def _probs(self, parts, fresh: torch.Tensor, row_idx: torch.Tensor) -> torch.Tensor:
+        """Full distributions [n, W, V] of some rows (uniform where this step has no logits).
+        Only `fresh` columns take logits: a row whose slice is shorter than its part's widest
+        has padded query slots, whose logits (computed from the scratch column) would otherwise
+        land on its next block and make a stateful sampler (KLASS) depend on its neighbours."""
         V = parts[0][1].shape[-1]
         logits = torch.zeros((len(self.active), self.W, V), device=self.device)
         for part_rows, part_logits, first in parts:
             cols = first[:, None] + torch.arange(part_logits.shape[1])
-            keep = (cols >= 0) & (cols < self.W)
+            inside = (cols >= 0) & (cols < self.W)
+            keep = inside & fresh[part_rows[:, None], cols.clamp(0, self.W - 1)]
             j, q = keep.nonzero(as_tuple=True)
             logits[part_rows[j].to(self.device), cols[j, q].to(self.device)] = (
                 part_logits[j.to(self.device), q.to(self.device)].float())
