@@ -244,9 +244,7 @@ class Engine:
         self.seed_keys = torch.tensor([s.vr.request.seed for s in seqs], dtype=torch.long,
                                       device=dev)
         self.block_len = torch.tensor([s.vr.block_length for s in seqs], device=dev)
-        self.steps_per_block = torch.tensor(
-            [s.vr.steps * s.vr.block_length // (s.vr.block_offset + s.vr.gen_length)
-             for s in seqs], device=dev)
+        self.steps_per_block = torch.tensor([s.vr.steps_per_block for s in seqs], device=dev)
         self.block_offset_host = torch.tensor([s.vr.block_offset for s in seqs])
         if self.aligned_block is not None:  # each key's block, past the end for padding
             blocks = self.positions // self.block_len[:, None]
