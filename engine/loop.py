@@ -149,6 +149,25 @@ class Engine:
                         getattr(self.model, "default_block_length", None) == "full",
                         self.default_block_length)
 
+    def self_test(self) -> SequenceResult:
+        """Decode one short request of the default canvas, one step per block, before anything
+        is served: a folder or flag whose values pass every check the loader makes but still
+        cannot decode fails here, once, instead of in every request. Raises ConfigError."""
+        from unmaskd.dllm.backend import ConfigError
+
+        try:
+            prompt = self.tokenizer("Hello")["input_ids"] or [self.eos_id]
+            (result,) = self.generate([GenerationRequest(prompt, "topk_confidence",
+                                                         steps_per_block=1)])
+        except InvalidRequest as e:  # e.g. --default-gen-length past the model's context
+            raise ConfigError(f"a request with the defaults (canvas {self.default_gen_length}) "
+                              f"is refused: {e}") from None
+        except Exception as e:  # whatever the forward, the sampler or the tokenizer raised
+            self.abort_all()
+            raise ConfigError(f"the model loads but cannot decode: {type(e).__name__}: {e}"
+                              ) from None
+        return result
+
     def default_canvas(self) -> tuple[int, int]:
         """The canvas and block length of a request that names neither (for clients' forms)."""
         vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence"))
