@@ -157,8 +157,10 @@ class Engine:
 
         try:
             prompt = self.tokenizer("Hello")["input_ids"] or [self.eos_id]
-            (result,) = self.generate([GenerationRequest(prompt, "topk_confidence",
-                                                         steps_per_block=1)])
+            self.add(GenerationRequest(prompt, "topk_confidence", steps_per_block=1))
+            while not (finished := self.step().finished):
+                pass
+            (result,) = finished
         except InvalidRequest as e:  # e.g. --default-gen-length past the model's context
             raise ConfigError(f"a request with the defaults (canvas {self.default_gen_length}) "
                               f"is refused: {e}") from None
