@@ -41,18 +41,18 @@ SPECS = {
 }
 
 
-# The tiny SDAR model: canvases of 8-16 in blocks of 4 and 8 (its trained block is 4), every
-# sampler at its default step count; KLASS's and the policy's bars set where a random model's
-# confidences reach them.
+# The tiny SDAR model: canvases of 8-16 in blocks of 4 and 8 (its trained block is 4), step
+# budgets per block (None: one step per position); KLASS's and the policy's bars set where a
+# random model's confidences reach them.
 SDAR_SPECS = {
-    "random": [({}, 12, 4, 0.7)], "topk_confidence": [({}, 16, 8, 0.0)],
-    "threshold": [({"threshold": 0.3}, 16, 4, 0.0)], "factor": [({}, 12, 8, 0.0)],
-    "maskgit_plus": [({}, 8, 4, 0.0)], "margin": [({}, 16, 8, 0.7)],
-    "entropy": [({}, 12, 4, 0.0)], "eb": [({"gamma": 2.0}, 16, 8, 0.0)],
-    "klass": [({"conf": 0.3, "kl": 0.5, "history": 1}, 16, 4, 0.0),
-              ({"conf": 0.2, "kl": 1.0, "history": 1}, 16, 8, 0.0),
-              ({"conf": 0.3, "kl": 0.5, "history": 1}, 16, 4, 0.0)],
-    "learned": [({"policy": "sdar-random", "beta": 3.0}, 16, 4, 0.0)],
+    "random": [({}, 12, 4, 2, 0.7)], "topk_confidence": [({}, 16, 8, 3, 0.0)],
+    "threshold": [({"threshold": 0.3}, 16, 4, None, 0.0)], "factor": [({}, 12, 8, None, 0.0)],
+    "maskgit_plus": [({}, 8, 4, 2, 0.0)], "margin": [({}, 16, 8, 4, 0.7)],
+    "entropy": [({}, 12, 4, None, 0.0)], "eb": [({"gamma": 2.0}, 16, 8, None, 0.0)],
+    "klass": [({"conf": 0.3, "kl": 0.5, "history": 1}, 16, 4, None, 0.0),
+              ({"conf": 0.2, "kl": 1.0, "history": 1}, 16, 8, None, 0.0),
+              ({"conf": 0.3, "kl": 0.5, "history": 1}, 16, 4, None, 0.0)],
+    "learned": [({"policy": "sdar-random", "beta": 3.0}, 16, 4, None, 0.0)],
 }
 
 
@@ -88,8 +88,8 @@ def sdar_requests(model_dir) -> list[GenerationRequest]:
     prompts = sdar_prompts(model_dir)
     specs = [(name, *spec) for name, shapes in SDAR_SPECS.items() for spec in shapes]
     return [GenerationRequest(prompts[i % len(prompts)], name, params, gen_length=L,
-                              block_length=B, temperature=T, seed=i)
-            for i, (name, params, L, B, T) in enumerate(specs)]
+                              block_length=B, steps_per_block=S, temperature=T, seed=i)
+            for i, (name, params, L, B, S, T) in enumerate(specs)]
 
 
 @pytest.mark.parametrize("specs", [SPECS, SDAR_SPECS])
