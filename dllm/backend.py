@@ -32,6 +32,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +49,17 @@ FAMILIES = {"llada": "unmaskd.dllm.llada", "Dream": "unmaskd.dllm.dream",
 
 
 class ConfigError(ValueError):
-    """The checkpoint's config asks for something this implementation does not do."""
+    """The checkpoint's config asks for something this implementation does not do, or holds a
+    value no model can run with; `field` names the config field when there is one."""
+
+    def __init__(self, message: str, field: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.problem = problem or message  # what is wrong with the value, without the name
+
+
+def field_error(name: str, value: object, problem: str) -> ConfigError:
+    return ConfigError(f"config field {name}={value!r} {problem}", name, problem)
 
 
 class KVWriter(Protocol):
@@ -74,10 +87,55 @@ def config_kwargs(cls: type, raw: dict, fixed: dict[str, tuple], ignored: set[st
 
 
 def build_config(cls: type, kwargs: dict):
+    """The config dataclass from config.json's fields, refused at load, naming the field, if a
+    value would only fail once a request runs: a type other than the field's (a string for a
+    number), a size below 1 (below 0 for those in the class's `ZERO_OK`), a float that is not
+    finite and positive, or a special token id outside [0, vocab_size)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in kwargs.items():
+        _check_type(name, value, hints[name])
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except TypeError as e:  # a missing required field
         raise ConfigError(f"config.json: {e}") from None
+    zero_ok = getattr(cls, "ZERO_OK", frozenset())
+    for f in fields(cfg):
+        value, allowed = getattr(cfg, f.name), _types(hints[f.name])
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        if f.name.endswith("_token_id"):
+            if not 0 <= value < cfg.vocab_size:
+                raise field_error(f.name, value, f"is not a token id: vocab_size is "
+                                                 f"{cfg.vocab_size}")
+        elif float in allowed:
+            if not (math.isfinite(value) and value > 0):
+                raise field_error(f.name, value, "must be a finite number > 0")
+        elif value < (0 if f.name in zero_ok else 1):
+            raise field_error(f.name, value, f"must be >= {0 if f.name in zero_ok else 1}")
+    return cfg
+
+
+def _types(hint: object) -> tuple:
+    """The types a config field's annotation allows (int | None -> (int, NoneType))."""
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _check_type(name: str, value: object, hint: object) -> None:
+    """`value` as config.json gives it against the dataclass field's type (int, float, bool,
+    str, or a union of them with None). JSON's integers count as floats; booleans as neither."""
+    allowed = _types(hint)
+    if value is None and type(None) in allowed:
+        return
+    if isinstance(value, bool):
+        ok = bool in allowed
+    elif isinstance(value, int):
+        ok = int in allowed or float in allowed
+    else:
+        ok = any(t in (float, str) and isinstance(value, t) for t in allowed)
+    if not ok:
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                 type(None): "null"}
+        raise field_error(name, value, "must be " + " or ".join(words[t] for t in allowed))
 
 
 def family(model_type: object) -> ModuleType:
@@ -110,15 +168,27 @@ def declared_token_id(model_dir: str | Path, name: str) -> int | None:
     for file in ("tokenizer_config.json", "special_tokens_map.json"):
         path = model_dir / file
         if declared is None and path.is_file():
-            declared = json.loads(path.read_text()).get(name)
+            declared = _json_object(path).get(name)
     if isinstance(declared, dict):  # {"content": "<|mask|>", "lstrip": false, ...}
         declared = declared.get("content")
     path = model_dir / "tokenizer.json"
     if not isinstance(declared, str) or not path.is_file():
         return None
-    tokenizer = json.loads(path.read_text())
-    for added in tokenizer.get("added_tokens", []):
-        if added.get("content") == declared:
-            return added["id"]
-    vocab = tokenizer.get("model", {}).get("vocab")
+    tokenizer = _json_object(path)
+    added = tokenizer.get("added_tokens", [])
+    for token in added if isinstance(added, list) else []:
+        if isinstance(token, dict) and token.get("content") == declared:
+            return token.get("id")
+    model = tokenizer.get("model")
+    vocab = model.get("vocab") if isinstance(model, dict) else None
     return vocab.get(declared) if isinstance(vocab, dict) else None
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a JSON object")
+    return raw

@@ -74,12 +74,21 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
     fam = backend.family(raw.get("model_type", "llada"))
     # A family whose special ids live in the tokenizer files (LLaDA2) reads them from the folder.
     takes_dir = "model_dir" in inspect.signature(fam.config_from_dict).parameters
-    cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id,
-                               **({"model_dir": model_dir} if takes_dir else {}))
+    try:
+        cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id,
+                                   **({"model_dir": model_dir} if takes_dir else {}))
+    except ConfigError as e:
+        if e.field == "mask_token_id" and mask_token_id is not None:  # the flag's value
+            raise ConfigError(f"--mask-token-id {mask_token_id} {e.problem}",
+                              field="mask_token_id") from None
+        raise
     # A family may load its tokenizer itself (Dream: without its remote-code class); before
     # the weights, so a folder without one fails fast.
     load_tokenizer = getattr(fam, "load_tokenizer", _auto_tokenizer)
     tokenizer = load_tokenizer(model_dir)
+    if len(tokenizer) > cfg.vocab_size:  # its ids past the model's would fail every request
+        raise ConfigError(f"config field vocab_size={cfg.vocab_size} is smaller than the "
+                          f"tokenizer's {len(tokenizer)} tokens", field="vocab_size")
     with torch.device("meta"):
         model = fam.Model(cfg)
     prefix = fam.WEIGHT_PREFIX
@@ -122,10 +131,14 @@ def _auto_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True,
                                              trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{model_dir}: tokenizer files unreadable ({e})") from None
+    except Exception as e:  # a malformed file raises whatever its parser meets first
+        raise tokenizer_error(model_dir, e) from None
     finally:
         transformers_logging.set_verbosity(verbosity)
+
+
+def tokenizer_error(model_dir: Path, e: Exception) -> CheckpointError:
+    return CheckpointError(f"{model_dir}: tokenizer files unreadable ({type(e).__name__}: {e})")
 
 
 def stop_token_ids(model_dir: str | Path) -> list[int]:

@@ -210,7 +210,7 @@ def load_tokenizer(model_dir: Path):
     Qwen2's tokenizer over vocab.json + merges.txt (DreamTokenizer's files); tokenizer_config.json
     still gives the special tokens and the chat template."""
     from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
-    from unmaskd.dllm.checkpoint import CheckpointError
+    from unmaskd.dllm.checkpoint import CheckpointError, tokenizer_error
 
     if (model_dir / "tokenizer.json").is_file():
         cls = PreTrainedTokenizerFast
@@ -222,8 +222,8 @@ def load_tokenizer(model_dir: Path):
     try:
         return cls.from_pretrained(str(model_dir), local_files_only=True,
                                    trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{model_dir}: tokenizer files unreadable ({e})") from None
+    except Exception as e:  # a malformed file raises whatever its parser meets first
+        raise tokenizer_error(model_dir, e) from None
 
 
 config_from_dict = DreamConfig.from_dict

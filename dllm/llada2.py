@@ -101,6 +101,7 @@ class LLaDA2Config:
     first_k_dense_replace: int = 0
     block_size: int = 32  # the released decoding block; the config does not say
     model_type: str = "llada2_moe"
+    ZERO_OK = frozenset({"num_shared_experts", "first_k_dense_replace"})  # sizes that may be 0
 
     def __post_init__(self) -> None:
         self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads

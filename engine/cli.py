@@ -45,7 +45,11 @@ def cmd_generate(argv: list[str]) -> int:
     ap.add_argument("--block-length", type=block_length_arg,
                     help="N or 'full' (default: the block length the folder's "
                          "unmaskd_task.json records, else gen length / 4; Dream: full)")
-    ap.add_argument("--steps", type=int)
+    steps = ap.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int, help="step budget over the canvas, a multiple of "
+                       "its blocks (default: one step per position)")
+    steps.add_argument("--steps-per-block", type=int,
+                       help="each block's step budget instead, whatever the prompt's length")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stop-at-eos", action="store_true")
@@ -60,7 +64,7 @@ def cmd_generate(argv: list[str]) -> int:
         sampler_params=dict(args.param), gen_length=args.gen_length,
         block_length=resolve_block_length(
             args.block_length, args.gen_length or engine.default_gen_length),
-        steps=args.steps, temperature=args.temperature,
+        steps=args.steps, steps_per_block=args.steps_per_block, temperature=args.temperature,
         seed=args.seed, stop_at_eos=args.stop_at_eos, watch=args.show_steps)
 
     def show(report) -> None:

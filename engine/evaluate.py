@@ -4,7 +4,8 @@
         --sampler 'topk_confidence:steps=12|24|48' --json out.json --plot out.png
 
 A SPEC is `name` or `name:key=value,key=value`; `key=v1|v2|v3` sweeps a key. `steps` is the
-generation's step budget, every other key a sampler parameter. Each configuration runs batched
+generation's step budget and `steps_per_block` each block's, every other key a sampler
+parameter. Each configuration runs batched
 through the engine over the same problems; the table gives accuracy with a 95% Wilson interval,
 mean NFE (and mean NFE had decoding stopped at EOS, derived exactly from the trace), tokens per
 step and sequences per second. `--plot` draws accuracy (with its interval bar) against mean
@@ -45,10 +46,13 @@ class Config:
     sampler: str
     params: dict
     steps: int | None = None
+    steps_per_block: int | None = None
 
     @property
     def label(self) -> str:
         items = ([f"steps={self.steps}"] if self.steps is not None else [])
+        items += ([f"steps_per_block={self.steps_per_block}"]
+                  if self.steps_per_block is not None else [])
         items += [f"{k}={v}" for k, v in self.params.items()]
         return f"{self.sampler}:{','.join(items)}" if items else self.sampler
 
@@ -78,7 +82,7 @@ def parse_spec(spec: str) -> list[Config]:
     for point in itertools.product(*(values for _, values in axes)):
         params = dict(zip((k for k, _ in axes), point))
         steps = params.pop("steps", None)
-        configs.append(Config(name, params, steps))
+        configs.append(Config(name, params, steps, params.pop("steps_per_block", None)))
     return configs
 
 
@@ -141,7 +145,8 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
                         for p in problems]
     batches = [[GenerationRequest(prompt_ids=ids, sampler=cfg.sampler, sampler_params=cfg.params,
                                   gen_length=gen_length, block_length=block_length,
-                                  steps=cfg.steps, seed=i) for i, ids in enumerate(prompts)]
+                                  steps=cfg.steps, steps_per_block=cfg.steps_per_block, seed=i)
+                for i, ids in enumerate(prompts)]
                for cfg in configs]
     # a bad configuration found after hours of good ones would throw their work away
     for cfg, reqs in zip(configs, batches):
@@ -173,6 +178,7 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
         rows.append({
             "label": cfg.label, "sampler": cfg.sampler, "params": cfg.params,
             "steps": engine.validate(reqs[0]).steps,
+            "steps_per_block": engine.validate(reqs[0]).steps_per_block,
             "n": n, "accuracy": k / n, "ci95": [lo, hi],
             "accuracy_by_level": {lvl: sum(v) / len(v) for lvl, v in sorted(by_level.items())},
             "mean_nfe": sum(nfe) / n, "mean_nfe_stop_at_eos": sum(nfe_eos) / n,

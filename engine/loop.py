@@ -149,6 +149,27 @@ class Engine:
                         getattr(self.model, "default_block_length", None) == "full",
                         self.default_block_length)
 
+    def self_test(self) -> SequenceResult:
+        """Decode one short request of the default canvas, one step per block, before anything
+        is served: a folder or flag whose values pass every check the loader makes but still
+        cannot decode fails here, once, instead of in every request. Raises ConfigError."""
+        from unmaskd.dllm.backend import ConfigError
+
+        try:
+            prompt = self.tokenizer("Hello")["input_ids"] or [self.eos_id]
+            self.add(GenerationRequest(prompt, "topk_confidence", steps_per_block=1))
+            while not (finished := self.step().finished):
+                pass
+            (result,) = finished
+        except InvalidRequest as e:  # e.g. --default-gen-length past the model's context
+            raise ConfigError(f"a request with the defaults (canvas {self.default_gen_length}) "
+                              f"is refused: {e}") from None
+        except Exception as e:  # whatever the forward, the sampler or the tokenizer raised
+            self.abort_all()
+            raise ConfigError(f"the model loads but cannot decode: {type(e).__name__}: {e}"
+                              ) from None
+        return result
+
     def default_canvas(self) -> tuple[int, int]:
         """The canvas and block length of a request that names neither (for clients' forms)."""
         vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence"))
@@ -244,9 +265,7 @@ class Engine:
         self.seed_keys = torch.tensor([s.vr.request.seed for s in seqs], dtype=torch.long,
                                       device=dev)
         self.block_len = torch.tensor([s.vr.block_length for s in seqs], device=dev)
-        self.steps_per_block = torch.tensor(
-            [s.vr.steps * s.vr.block_length // (s.vr.block_offset + s.vr.gen_length)
-             for s in seqs], device=dev)
+        self.steps_per_block = torch.tensor([s.vr.steps_per_block for s in seqs], device=dev)
         self.block_offset_host = torch.tensor([s.vr.block_offset for s in seqs])
         if self.aligned_block is not None:  # each key's block, past the end for padding
             blocks = self.positions // self.block_len[:, None]
@@ -345,7 +364,7 @@ class Engine:
                 block_length=self.block_len[row_idx],
                 steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
                 gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
-                probs=(self._probs(parts, row_idx) if sampler.needs_probs else None),
+                probs=(self._probs(parts, fresh, row_idx) if sampler.needs_probs else None),
                 embedding=(embedding[row_idx] if embedding is not None and i == embed_group
                            else None),
                 states=states)
@@ -507,13 +526,17 @@ class Engine:
         return (torch.cat(rows).to(self.device), torch.cat(cols).to(self.device),
                 torch.cat(logits))
 
-    def _probs(self, parts, row_idx: torch.Tensor) -> torch.Tensor:
-        """Full distributions [n, W, V] of some rows (uniform where this step has no logits)."""
+    def _probs(self, parts, fresh: torch.Tensor, row_idx: torch.Tensor) -> torch.Tensor:
+        """Full distributions [n, W, V] of some rows (uniform where this step has no logits).
+        Only `fresh` columns take logits: a row whose slice is shorter than its part's widest
+        has padded query slots, whose logits (computed from the scratch column) would otherwise
+        land on its next block and make a stateful sampler (KLASS) depend on its neighbours."""
         V = parts[0][1].shape[-1]
         logits = torch.zeros((len(self.active), self.W, V), device=self.device)
         for part_rows, part_logits, first in parts:
             cols = first[:, None] + torch.arange(part_logits.shape[1])
-            keep = (cols >= 0) & (cols < self.W)
+            inside = (cols >= 0) & (cols < self.W)
+            keep = inside & fresh[part_rows[:, None], cols.clamp(0, self.W - 1)]
             j, q = keep.nonzero(as_tuple=True)
             logits[part_rows[j].to(self.device), cols[j, q].to(self.device)] = (
                 part_logits[j.to(self.device), q.to(self.device)].float())

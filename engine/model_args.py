@@ -4,8 +4,8 @@
     --mask-token-id N  --cache none|prefix|dual  --policies DIR
 
 `serve` takes the same names as settings fields (`UNMASKD_DTYPE`, `UNMASKD_CACHE`, ...) and calls
-`build_engine` too. A folder that cannot be loaded is one line on stderr and exit status 2, never
-a traceback.
+`build_engine` too. A folder that cannot be loaded, or loads but cannot decode one request, is
+one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -48,16 +48,33 @@ def build_engine(model: Path, device: str = "cpu", dtype: str = "auto",
                  mask_token_id: int | None = None, cache: str = "none",
                  policies: Path | None = None, default_gen_length: int | None = None,
                  threads: int = 0) -> Engine:
-    """The engine, and the policies in `policies` if given; raises the loader's error
-    (CheckpointError, ConfigError, OSError) for the caller to report."""
+    """The engine, once it has decoded one request (`Engine.self_test`), and the policies in
+    `policies` if given; raises the loader's error (CheckpointError, ConfigError, OSError) or
+    DeviceError for the caller to report."""
     if threads:
         torch.set_num_threads(threads)
+    check_device(device)
     engine = Engine.from_dir(model, device=device, dtype=resolve_dtype(dtype, device, model),
                              mask_token_id=mask_token_id, default_gen_length=default_gen_length,
                              cache=cache)
+    engine.self_test()
     if policies is not None:
         load_policies(policies, model)
     return engine
+
+
+class DeviceError(ValueError):
+    """--device names a device this process cannot use."""
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot parse or reach (cuda on a CPU build of torch, cuda:7 on a
+    one-GPU machine) before the weights are read, in torch's own words."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as e:  # torch's words for "no such device"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DeviceError(f"--device {device}: {reason}") from None
 
 
 def add_model_args(ap: argparse.ArgumentParser, serving: bool = True) -> None:
@@ -94,7 +111,7 @@ def engine_from_args(args: argparse.Namespace, default_gen_length: int | None = 
     try:
         return build_engine(args.model, args.device, args.dtype, args.mask_token_id, args.cache,
                             policies, gen_length, args.threads)
-    except (CheckpointError, ConfigError, OSError) as e:
+    except (CheckpointError, ConfigError, DeviceError, OSError) as e:
         print(f"error: cannot load the model from {args.model}: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -28,7 +28,9 @@ class GenerationRequest:
     gen_length: int | None = None  # None: the engine's default canvas
     block_length: int | None = None  # None: the model's trained block length if it divides
     # L, else L/4 (or the largest divisor of L below it); L for Dream (one block by default)
-    steps: int | None = None  # None: gen_length (a cap for adaptive samplers)
+    steps: int | None = None  # None: one per position (a cap for adaptive samplers); a
+    # multiple of the blocks gen_length spans, split evenly over them
+    steps_per_block: int | None = None  # instead of steps: each block's budget, 1..block_length
     temperature: float = 0.0
     seed: int = 0
     stop_at_eos: bool = False
@@ -65,10 +67,19 @@ class ValidatedRequest:
     params: SamplerParams
     gen_length: int
     block_length: int
-    steps: int
+    steps_per_block: int
     # Block-diffusion models align blocks to absolute position 0: the first block holds the
     # prompt's last `block_offset` tokens, so it has block_length - block_offset canvas positions.
     block_offset: int = 0
+
+    @property
+    def n_blocks(self) -> int:
+        return (self.block_offset + self.gen_length) // self.block_length
+
+    @property
+    def steps(self) -> int:
+        """The step budget over the whole canvas (adaptive samplers may use fewer)."""
+        return self.steps_per_block * self.n_blocks
 
 
 def parse_sampler_params(sampler: str, raw: dict) -> tuple[type[Sampler], SamplerParams]:
@@ -104,6 +115,7 @@ def validate(req: GenerationRequest, default_gen_length: int, max_sequence_lengt
         raise InvalidRequest("prompt", f"is {len(req.prompt_ids)} tokens; the model's limit is "
                              f"{max_sequence_length} tokens for prompt + answer")
     block_offset = 0
+    asked_length = gen_length
     if aligned_block is not None:
         block_length = req.block_length if req.block_length is not None else aligned_block
         if block_length < 1:
@@ -126,17 +138,41 @@ def validate(req: GenerationRequest, default_gen_length: int, max_sequence_lengt
         if block_length < 1 or gen_length % block_length:
             raise InvalidRequest("block_length", f"{block_length} must divide the canvas length "
                                  f"{gen_length}")
-    n_blocks = (block_offset + gen_length) // block_length
-    positions = n_blocks * block_length  # canvas positions, and the prompt's tail if aligned
-    steps = req.steps if req.steps is not None else positions
-    if steps < n_blocks or steps % n_blocks or steps > positions:
-        raise InvalidRequest("steps", f"{steps} must be a multiple of the number of blocks "
-                             f"({n_blocks}) and at most {positions} (one per position)")
+    # `steps` is split over the blocks the asked canvas spans, not over the canvas's blocks: a
+    # block-diffusion canvas grows to whole aligned blocks, one more for some prompt lengths,
+    # and a client's fixed `steps` must not pass for one prompt and fail for the next. The
+    # extra block gets the same budget as every other.
+    steps_per_block = resolve_steps_per_block(req.steps, req.steps_per_block,
+                                              -(-asked_length // block_length), block_length)
     if not 0.0 <= req.temperature <= 100.0:
         raise InvalidRequest("temperature", "must be in [0, 100]")
     cls, params = parse_sampler_params(req.sampler, req.sampler_params)
     params = cls.finalize(params, gen_length, block_length)
-    return ValidatedRequest(req, cls, params, gen_length, block_length, steps, block_offset)
+    return ValidatedRequest(req, cls, params, gen_length, block_length, steps_per_block,
+                            block_offset)
+
+
+def resolve_steps_per_block(steps: int | None, steps_per_block: int | None, blocks: int,
+                            block_length: int) -> int:
+    """Each block's step budget from `steps` (a total over `blocks` blocks) or
+    `steps_per_block`; neither: one step per position."""
+    for name, value in (("steps", steps), ("steps_per_block", steps_per_block)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidRequest(name, f"must be an integer, got {value!r}")
+    if steps is not None and steps_per_block is not None:
+        raise InvalidRequest("steps_per_block", "give steps or steps_per_block, not both")
+    if steps_per_block is not None:
+        if not 1 <= steps_per_block <= block_length:
+            raise InvalidRequest("steps_per_block", f"{steps_per_block} must be in [1, "
+                                 f"{block_length}] (at most one step per position)")
+        return steps_per_block
+    if steps is None:
+        return block_length
+    if steps < blocks or steps % blocks or steps > blocks * block_length:
+        raise InvalidRequest("steps", f"{steps} must be a multiple of the number of blocks "
+                             f"({blocks}) and at most {blocks * block_length} (one per "
+                             "position); or give steps_per_block")
+    return steps // blocks
 
 
 def default_block_length(gen_length: int) -> int:

@@ -162,7 +162,12 @@ class DecodingOptions(BaseModel):
     sampler: str | None = Field(None, description="registered sampler; default: the server's")
     sampler_params: dict[str, Any] = Field(default_factory=dict)
     block_length: int | None = Field(None, ge=1, description="default: canvas length / 4")
-    steps: int | None = Field(None, ge=1, description="step budget; default: canvas length")
+    steps: int | None = Field(
+        None, ge=1, description="step budget, a multiple of the blocks the canvas spans, split "
+                                "evenly over them; default: one step per position")
+    steps_per_block: int | None = Field(
+        None, ge=1, description="instead of steps: each block's step budget (at most the block "
+                                "length), whatever the prompt's length")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     ab: str | None = Field(None, description="A/B experiment: its arm picks the sampler")
     user: str | None = Field(None, description="stable A/B assignment key")

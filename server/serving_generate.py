@@ -151,6 +151,7 @@ class GenerationService:
         req = GenerationRequest(
             prompt_ids=prompt_ids, sampler=sampler, sampler_params=params,
             gen_length=gen_length, block_length=opts.block_length, steps=opts.steps,
+            steps_per_block=opts.steps_per_block,
             temperature=temperature, seed=opts.seed, stop_at_eos=stop_at_eos, watch=watch)
         try:
             vr = self.engine.validate(req)  # pure: safe from the event loop

@@ -1,7 +1,8 @@
 """OpenAI-compatible `/v1/completions`, `/v1/chat/completions` and `/v1/models`.
 
 The `openai` client works unchanged; unmaskd's knobs go in `extra_body` (`sampler`,
-`sampler_params`, `block_length`, `steps`, `stop_at_eos`, `ab`, `reference`). Mapping:
+`sampler_params`, `block_length`, `steps`, `steps_per_block`, `stop_at_eos`, `ab`,
+`reference`). Mapping:
 
 - `max_tokens` (chat also `max_completion_tokens`) is the canvas length: a dLLM decodes a
   fixed-size canvas, and the answer is the text before the first EOS in it.

@@ -13,7 +13,7 @@ import pytest
 from blockdiff_reference import cases, prompts, reference_decode
 from unmaskd.engine.cli import main
 from unmaskd.engine.loop import Engine
-from unmaskd.engine.sequence import GenerationRequest
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
 
 
 @pytest.fixture(params=["sdar", "llada2"])
@@ -22,14 +22,11 @@ def model_dir(request, tiny_sdar_dir, tiny_llada2_dir):
 
 
 def request_for(engine: Engine, ids: list[int], case: dict) -> GenerationRequest:
-    """The case as an unmaskd request: `steps` is the total over the aligned blocks."""
+    """The case as an unmaskd request: the families count steps per block, as it does."""
     params = {} if case["sampler"] != "threshold" else {"threshold": case["threshold"]}
-    probe = engine.validate(GenerationRequest(ids, gen_length=case["gen_length"],
-                                              block_length=case["block_length"]))
-    n_blocks = (probe.block_offset + probe.gen_length) // probe.block_length
     return GenerationRequest(ids, case["sampler"], params, gen_length=case["gen_length"],
                              block_length=case["block_length"],
-                             steps=n_blocks * case["steps_per_block"],
+                             steps_per_block=case["steps_per_block"],
                              stop_at_eos=case["stop_at_eos"])
 
 
@@ -57,6 +54,30 @@ def test_engine_matches_the_family_decode(model_dir, cache):
     batched = engine.generate(reqs)
     assert all(same_decode(r.token_ids, w, engine) and r.nfe == n
                for r, (w, n) in zip(batched, wants))
+
+
+def test_a_fixed_steps_is_valid_for_every_prompt_length(tiny_sdar_dir):
+    """Aligned blocks make the canvas's block count depend on the prompt (32 positions in
+    blocks of 4 span 8 blocks or 9); `steps` is split over the blocks the asked canvas spans,
+    so a client's fixed `steps` never passes for one prompt length and fails for another, and
+    the extra block gets the same budget."""
+    engine = Engine.from_dir(tiny_sdar_dir)
+    ids = prompts(tiny_sdar_dir)[0]
+    blocks_seen = set()
+    for n in range(1, 9):
+        vr = engine.validate(GenerationRequest(ids[:n], gen_length=32, block_length=4,
+                                               steps=16))
+        assert vr.steps_per_block == 2
+        blocks_seen.add(vr.n_blocks)
+        assert engine.validate(GenerationRequest(
+            ids[:n], gen_length=32, block_length=4, steps_per_block=2)).steps == vr.steps
+    assert blocks_seen == {8, 9}
+    for steps in (12, 40):  # not a multiple of 8 blocks; more than one per position
+        for n in (3, 4):
+            with pytest.raises(InvalidRequest) as info:
+                engine.validate(GenerationRequest(ids[:n], gen_length=32, block_length=4,
+                                                  steps=steps))
+            assert info.value.field == "steps"
 
 
 def test_generate_cli_reproduces_the_family_decode(tiny_sdar_dir, capsys):
@@ -124,6 +145,18 @@ def test_served_over_http(model_dir):
             "messages": [{"role": "user", "content": "What is 2+3?"}]})
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
+        # One step per block whatever the prompt: "ab" leaves room in its first block
+        # (3 blocks of 4 for 8 tokens), "abcd" fills it (2 blocks).
+        for prompt, blocks in (("ab", 3), ("abcd", 2)):
+            r = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 8,
+                                               "block_length": 4, "steps_per_block": 1})
+            assert r.status_code == 200 and r.json()["nfe"] == blocks, r.text
+            r = client.post("/v1/completions", json={
+                "model": model_dir.name, "prompt": prompt, "max_tokens": 8, "block_length": 4,
+                "steps": 4, "stop_at_eos": False})
+            assert r.status_code == 200, r.text
+        r = client.post("/generate", json={"prompt": "ab", "steps": 4, "steps_per_block": 1})
+        assert r.status_code == 422 and r.json()["field"] == "steps_per_block", r.text
 
 
 def test_a_policy_trains_and_serves_on_block_diffusion(tiny_sdar_dir, tmp_path):

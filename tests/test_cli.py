@@ -15,6 +15,12 @@ def test_generate_takes_full_block_length_and_refuses_a_bad_one(tiny_model_dir, 
     assert json.loads(capsys.readouterr().out)["nfe"] == 2
     assert main(common + ["--steps", "2"]) == 2
     assert "steps" in capsys.readouterr().err
+    # each of the 4 blocks of 2 in one step
+    assert main(common + ["--steps-per-block", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nfe"] == 4
+    with pytest.raises(SystemExit):
+        main(common + ["--steps", "4", "--steps-per-block", "1"])
+    assert "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(common + ["--block-length", "half"])
     assert exit_info.value.code == 2

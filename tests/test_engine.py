@@ -211,6 +211,10 @@ def test_cancel_retires_a_request(tiny_engine):
     (dict(gen_length=10_000), "gen_length"),
     (dict(prompt_ids=[5] * 10_000), "prompt"),
     (dict(temperature=-1.0), "temperature"),
+    (dict(gen_length=16, block_length=4, steps=8, steps_per_block=2), "steps_per_block"),
+    (dict(gen_length=16, block_length=4, steps_per_block=0), "steps_per_block"),
+    (dict(gen_length=16, block_length=4, steps_per_block=5), "steps_per_block"),
+    (dict(steps_per_block="2"), "steps_per_block"),
 ])
 def test_invalid_requests_name_the_field(tiny_engine, kwargs, field):
     req = GenerationRequest(**{"prompt_ids": [5, 6, 7], **kwargs})
@@ -255,6 +259,16 @@ def test_stateful_sampler_survives_canvas_width_changes(tiny_engine):
             break
     assert set(results) == {"klass", "wide"}
     assert results["klass"] == alone
+
+
+def test_steps_per_block_is_the_same_budget_as_steps_over_the_blocks(tiny_engine):
+    ids = prompts(tiny_engine, 1)[0]
+    for sampler in ("topk_confidence", "margin", "threshold"):
+        per_block, total = tiny_engine.generate([
+            GenerationRequest(ids, sampler, gen_length=16, block_length=4, steps_per_block=2),
+            GenerationRequest(ids, sampler, gen_length=16, block_length=4, steps=8)])
+        assert (per_block.token_ids, per_block.nfe) == (total.token_ids, total.nfe)
+        assert per_block.nfe <= 8
 
 
 @pytest.mark.parametrize("gen_length,block_length", [(16, 4), (13, 1), (50, 10), (30, 6)])

@@ -37,6 +37,15 @@ def test_a_bad_spec_fails_before_any_problem_runs(tiny_model_dir, generate_calls
     assert generate_calls == []
 
 
+def test_steps_per_block_is_swept_like_any_key(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert main(eval_args(tiny_model_dir, "--sampler", "topk_confidence:steps_per_block=1|2",
+                          "--json", str(out))) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["label"], r["steps"], r["mean_nfe"]) for r in rows] == [
+        ("topk_confidence:steps_per_block=1", 4, 4), ("topk_confidence:steps_per_block=2", 8, 8)]
+
+
 def test_a_bad_point_inside_a_sweep_fails_before_any_problem_runs(tiny_model_dir,
                                                                    generate_calls, capsys):
     code = main(eval_args(tiny_model_dir, "--sampler", "topk_confidence:steps=8|4|3"))
