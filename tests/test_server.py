@@ -120,6 +120,15 @@ def test_health_metrics_and_models_endpoints(server, client, model_name):
     assert [m.id for m in models.data] == [model_name]
 
 
+def test_metrics_carry_the_standard_process_series(server):
+    """What a Prometheus user looks for first: the process's memory, CPU and file descriptors."""
+    names = {s.name for fam in text_string_to_metric_families(
+        httpx.get(server.url + "/metrics").text) for s in fam.samples}
+    assert {"process_resident_memory_bytes", "process_virtual_memory_bytes",
+            "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+            "process_start_time_seconds", "python_info"} <= names, sorted(names)
+
+
 def test_api_key_is_required_except_on_probes(server):
     for path in ("/samplers", "/v1/models", "/ab/x"):
         assert httpx.get(server.url + path).status_code == 401
