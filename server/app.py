@@ -13,6 +13,10 @@ cancelled (503); then it exits with status 0. A second signal exits at once.
 Client errors never become 500s: request bodies that fail validation are 422 naming the field
 (400 on /v1 for unknown or dLLM-meaningless fields, as OpenAI answers), and every refusal from
 the generation path is an ApiError rendered the same way.
+
+The server is ready only once it can decode: `serve_main` runs one real decode on the loaded
+model (what a request naming nothing gets) before uvicorn listens, so /health answers 200 only
+after it; if that decode fails the process exits with status 2 and one `error:` line.
 """
 
 from __future__ import annotations
@@ -49,7 +53,12 @@ from unmaskd.server.protocol import (
     openai_error,
 )
 from unmaskd.server.scheduler import Scheduler
-from unmaskd.server.serving_generate import GenerationService, PolicyLister, no_policies
+from unmaskd.server.serving_generate import (
+    CannotDecode,
+    GenerationService,
+    PolicyLister,
+    no_policies,
+)
 from unmaskd.server.settings import ServerSettings, parse_settings
 
 log = logging.getLogger("unmaskd.server")
@@ -360,9 +369,17 @@ def serve_main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
         return 2
-    logging.getLogger(__name__).info("cache %s; learned policies loaded: %s", settings.cache,
-                                     sorted(STORE.policies) or "none")
+    log.info("cache %s; learned policies loaded: %s", settings.cache,
+             sorted(STORE.policies) or "none")
     app = create_app(settings, engine, ab_config, policies=STORE.describe)
+    service: GenerationService = app.state.service
+    try:  # before uvicorn listens: /health answers only once the model has decoded
+        first = service.first_decode()
+    except CannotDecode as e:
+        print(f"error: the model from {settings.model} loaded but cannot decode: {e}",
+              file=sys.stderr)
+        return 2
+    log.info("first decode (%s): %d NFE; ready", service.default_sampler(), first.nfe)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                             timeout_graceful_shutdown=5)
     DrainingServer(config, app.state.service, settings.shutdown_timeout).run()

@@ -58,6 +58,12 @@ from unmaskd.tasks.arithmetic import check_answer
 
 log = logging.getLogger(__name__)
 PolicyLister = Callable[[], list[dict[str, Any]]]
+# The first decode's prompt (any text the tokenizer turns into tokens will do).
+FIRST_DECODE_PROMPT = "Question: 1 + 1?\nAnswer:"
+
+
+class CannotDecode(Exception):
+    """The loaded model failed its first decode; the message is one line."""
 
 
 def no_policies() -> list[dict[str, Any]]:
@@ -100,6 +106,24 @@ class GenerationService:
         self.policies = policies
         self.shutting_down = False
         self.started = int(time.time())
+
+    def first_decode(self) -> SequenceResult:
+        """One real decode of what a request naming nothing gets (the default sampler, canvas
+        and blocks), straight on the engine, before the engine thread starts: a model that
+        loads but cannot decode (a config value out of range, a broken policy) is found here
+        rather than by every client. Raises CannotDecode."""
+        try:
+            prompt_ids = self.engine.tokenizer(FIRST_DECODE_PROMPT)["input_ids"]
+            req = GenerationRequest(prompt_ids or [self.engine.eos_id], self.default_sampler(),
+                                    stop_at_eos=True)
+            (result,) = self.engine.generate([req])
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CannotDecode(f"{type(e).__name__}: {first}" if first
+                               else type(e).__name__) from e
+        finally:
+            self.engine.abort_all()  # a failed step leaves its row behind
+        return result
 
     def default_sampler(self) -> str:
         """"learned" once a learned policy is loaded, else "threshold", else the LLaDA rule."""

@@ -12,6 +12,8 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -21,13 +23,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import free_port
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from tokenizers import Tokenizer
 from unmaskd.engine.loop import Engine
 from unmaskd.sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
-from unmaskd.server.app import create_app
+from unmaskd.server.app import DrainingServer, create_app, serve_main
 from unmaskd.server.settings import ServerSettings, parse_settings
 
 API_KEY = "test-key"
@@ -704,6 +707,50 @@ def test_prompts_are_tokenized_off_the_event_loop(engine, tiny_model_dir, monkey
             r = tc.post(path, json=body)
             assert r.status_code == 200, (path, r.text)
     assert on_loop == [False, False, False]
+
+# ---- readiness: one real decode before listening -------------------------------------------------
+def test_serve_decodes_once_before_it_listens(tiny_model_dir, monkeypatch):
+    steps_at_listen: list[int] = []
+    steps = [0]
+    real_step = Engine.step
+
+    def counting_step(self):
+        steps[0] += 1
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", counting_step)
+    monkeypatch.setattr(DrainingServer, "run", lambda self: steps_at_listen.append(steps[0]))
+    assert serve_main(["--model", str(tiny_model_dir), "--port", "0"]) == 0
+    assert steps_at_listen and steps_at_listen[0] > 0  # /health could not answer before
+
+
+def test_serve_exits_with_one_line_when_the_model_cannot_decode(tiny_model_dir, monkeypatch,
+                                                                 capsys):
+    def broken_step(self):
+        raise IndexError("index 99999 is out of bounds for dimension 2 with size 512\nmore")
+
+    listened: list[bool] = []
+    monkeypatch.setattr(Engine, "step", broken_step)
+    monkeypatch.setattr(DrainingServer, "run", lambda self: listened.append(True))
+    assert serve_main(["--model", str(tiny_model_dir), "--port", "0"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert errors == [f"error: the model from {tiny_model_dir} loaded but cannot decode: "
+                      "IndexError: index 99999 is out of bounds for dimension 2 with size 512"]
+    assert not listened
+
+
+def test_a_mask_token_id_the_model_cannot_use_stops_serve_with_one_line(long_model_dir):
+    """It loads, but no request could decode: the server never says it is healthy."""
+    run = subprocess.run([sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model",
+                          str(long_model_dir), "--port", str(free_port()), "--threads", "1",
+                          "--mask-token-id", "99999"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert [line for line in run.stderr.splitlines() if line.startswith("error:")], run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert "Traceback" not in run.stderr and "Uvicorn running" not in run.stderr
+
 
 # ---- shutdown ------------------------------------------------------------------------------------
 def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
