@@ -6,8 +6,8 @@ The `openai` client works unchanged; unmaskd's knobs go in `extra_body` (`sample
 - `max_tokens` (chat also `max_completion_tokens`) is the canvas length: a dLLM decodes a
   fixed-size canvas, and the answer is the text before the first EOS in it.
 - `temperature` defaults to 0 (greedy), not OpenAI's 1. `seed` makes sampling reproducible.
-- `stop_at_eos` defaults to true here: the text is the same (decided tokens never change) and
-  decoding ends as soon as everything before the first EOS is decided.
+- `stop_at_eos` defaults to true, as on /generate: the text is the same (decided tokens never
+  change) and decoding ends as soon as everything before the first EOS is decided.
 - `stop` strings are applied to the decoded text, which is cut before the earliest one
   (finish_reason "stop").
 - `usage.completion_tokens` counts canvas tokens up to and including the first EOS, or the
@@ -20,8 +20,9 @@ The `openai` client works unchanged; unmaskd's knobs go in `extra_body` (`sample
   `stream_options.include_usage` a last chunk carries usage. Then `data: [DONE]`.
 - Fields with no meaning for a dLLM are refused with a 400 naming the field: n > 1, best_of > 1,
   logprobs / top_logprobs, non-zero presence / frequency penalties, logit_bias, tools /
-  tool_choice / functions / function_call, echo, suffix, top_p < 1, a non-text response_format.
-  Unknown fields are refused with a 400 as OpenAI does; bad values are a 422.
+  tool_choice / functions / function_call, echo, suffix, top_p < 1, a non-text response_format
+  (the OpenAPI document gives the values accepted). Unknown fields are refused with a 400 as
+  OpenAI does; bad values are a 422.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from unmaskd.server.protocol import (
+    NO_LOGPROBS,
+    NO_PENALTY,
+    NO_TOOLS,
     ApiError,
     AssistantMessage,
     ChatChoice,
@@ -61,18 +65,19 @@ from unmaskd.server.serving_generate import (
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 _REFUSALS = error_responses(400, 401, 404, 413, 422, 429, 500, 503, openai=True, why={
-    400: "The body cannot be parsed, or asks for what a dLLM cannot do (n > 1, logprobs, "
-         "tools, penalties, ...: the field is named) or for a field OpenAI does not have.",
+    400: "The body cannot be read as JSON, or asks for what a dLLM cannot do (n > 1, "
+         "logprobs, tools, penalties, ...: the field is named) or for a field OpenAI does not "
+         "have.",
     404: "The model is not the one this server serves."})
 
-_NO_LOGPROBS = ("not supported: a diffusion LM commits tokens in parallel over many steps, so "
-                "there are no per-token log-probabilities of the final text")
-_NO_TOOLS = "not supported: no tool or function calling"
-_NO_PENALTY = "not supported: penalties over earlier tokens assume left-to-right decoding"
+_NO_LOGPROBS = f"not supported: {NO_LOGPROBS}"
+_NO_TOOLS = f"not supported: {NO_TOOLS}"
+_NO_PENALTY = f"not supported: {NO_PENALTY}"
 
 
 def _unsupported(body: OpenAIRequest) -> tuple[str, str] | None:
-    """The first field that makes no sense for this server, with the reason."""
+    """The first field that makes no sense for this server, with the reason. The schema of
+    each (protocol.only) lists the values accepted here."""
     checks: list[tuple[str, bool, str]] = [
         ("n", body.n not in (None, 1), "only n = 1 is supported; send one request per sample"),
         ("presence_penalty", body.presence_penalty not in (None, 0), _NO_PENALTY),
@@ -145,7 +150,8 @@ def _usage(c: Completed, eos_id: int) -> Usage:
 def _info(c: Completed) -> UnmaskdInfo:
     p, res = c.prepared, c.result
     return UnmaskdInfo(sampler=p.sampler, sampler_params=p.vr.params.model_dump(mode="json"),
-                       arm=p.arm, nfe=res.nfe, tokens_per_step=res.tokens_per_step)
+                       arm=p.arm, nfe=res.nfe, tokens_per_step=res.tokens_per_step,
+                       warnings=p.warnings)
 
 
 def _text(c: Completed, stop: str | list[str] | None) -> tuple[str, str]:

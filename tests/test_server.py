@@ -28,8 +28,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from tokenizers import Tokenizer
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
 from unmaskd.engine.loop import Engine
 from unmaskd.sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
+from unmaskd.sampler_plugins.policy_net import PolicyNet
+from unmaskd.sampler_plugins.policy_store import STORE, Policy
 from unmaskd.server.app import DrainingServer, create_app, serve_main
 from unmaskd.server.settings import ServerSettings, parse_settings
 
@@ -177,7 +180,8 @@ def test_samplers_lists_the_registry_with_schemas_and_defaults(client):
 @pytest.mark.parametrize("name", sorted(registered_samplers()))
 def test_generate_with_each_sampler(client, name):
     r = client.post("/generate", json={"prompt": PROMPT, "sampler": name, "max_new_tokens": 16,
-                                       "block_length": 8, "steps": 16, "return_trace": True})
+                                       "block_length": 8, "steps": 16, "return_trace": True,
+                                       "stop_at_eos": False})  # every block to its end
     if not defaults_valid(name):  # e.g. "learned" with no policy loaded
         assert r.status_code == 422 and r.json()["field"].startswith("sampler_params"), r.text
         return
@@ -203,7 +207,7 @@ def test_generate_messages_use_the_chat_template(client):
 
 def test_generate_stream_sends_every_step_then_the_result(client):
     body = {"prompt": PROMPT, "sampler": "topk_confidence", "max_new_tokens": 12,
-            "block_length": 4, "steps": 6, "seed": 5}
+            "block_length": 4, "steps": 6, "seed": 5, "stop_at_eos": False}  # every position
     with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = sse_payloads(r.iter_lines())
@@ -274,7 +278,7 @@ def test_openai_completions(client, oai, model_name, tokenizer):
     knobs = {"sampler": "topk_confidence", "block_length": 8, "steps": 16}
     r = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, seed=3,
                                extra_body=knobs)
-    ref = generate(client, max_new_tokens=16, seed=3, stop_at_eos=True, **knobs)
+    ref = generate(client, max_new_tokens=16, seed=3, **knobs)
     eos = tokenizer.token_to_id("<|endoftext|>")
     ids = ref["token_ids"]
     assert r.choices[0].text == ref["text"] and r.id.startswith("cmpl-")
@@ -293,7 +297,7 @@ def test_openai_chat_completions_and_stream(client, oai, model_name):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
     r = oai.chat.completions.create(model=model_name, messages=messages, max_tokens=16,
                                     temperature=0.5, seed=2)
-    ref = generate(client, max_new_tokens=16, temperature=0.5, seed=2, stop_at_eos=True)
+    ref = generate(client, max_new_tokens=16, temperature=0.5, seed=2)
     assert r.choices[0].message.content == ref["text"]
     assert r.choices[0].message.role == "assistant" and r.id.startswith("chatcmpl-")
     chunks = list(oai.chat.completions.create(
@@ -355,11 +359,15 @@ def test_openai_errors(client, oai, model_name):
     assert e.value.body["param"] == "max_tokens"
     r = client.post("/v1/completions", json={"model": model_name, "prompt": ["a", "b"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = client.post("/v1/completions", json={"model": model_name, "prompt": PROMPT,
+                                              "sampler": ""})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "sampler", r.text
 
 
 # ---- errors --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body,field", [
     ({"sampler": "no_such_sampler"}, "sampler"),
+    ({"sampler": ""}, "sampler"),  # not the default in disguise
     ({"sampler": "topk_confidence", "sampler_params": {"nope": 1}}, "sampler_params.nope"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": 1000}, "max_new_tokens"),
@@ -456,15 +464,23 @@ def test_garbage_never_gets_a_500(client):
         assert client.request(method, path).status_code < 500, (method, path)
 
 
-@pytest.mark.parametrize("body", [b'{"prompt": "\xff\xfe"}',
-                                  b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}"])
-def test_unparseable_bodies_are_400_on_the_body_in_the_api_shape(client, body):
-    """Bad UTF-8 or an integer too long to convert fail inside Starlette's body parsing."""
-    r = client.post("/generate", content=body, headers={"content-type": "application/json"})
+@pytest.mark.parametrize("body,ctype", [
+    (b'{"prompt": "\xff\xfe"}', "application/json"),  # not UTF-8
+    (b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}", "application/json"),  # int too long
+    (b"[" * 50_000, "application/json"),  # nested too deep
+    (b"not json", "application/json"), (b'{"prompt": "x",}', "application/json"),
+    (b"", "application/json"),
+    (b'{"prompt": "x"}', "text/plain"),  # not sent as JSON
+])
+def test_unparseable_bodies_are_400_on_the_body_in_the_api_shape(client, body, ctype):
+    """One status for a body that cannot be read as JSON, however it fails (Starlette's
+    parsing or pydantic's): 400, as OpenAI answers; 422 is for JSON that breaks the schema."""
+    r = client.post("/generate", content=body, headers={"content-type": ctype})
     assert r.status_code == 400 and r.json()["field"] == "body", r.text
-    r = client.post("/v1/completions", content=body,
-                    headers={"content-type": "application/json"})
+    r = client.post("/v1/completions", content=body, headers={"content-type": ctype})
     assert r.status_code == 400 and r.json()["error"]["param"] == "body", r.text
+    r = client.post("/generate", content=b"[]", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text  # JSON, not an object
 
 
 def test_bodies_over_the_limit_are_413_whether_sized_or_chunked(client):
@@ -708,6 +724,61 @@ def test_prompts_are_tokenized_off_the_event_loop(engine, tiny_model_dir, monkey
             assert r.status_code == 200, (path, r.text)
     assert on_loop == [False, False, False]
 
+# ---- the embedded model in-process: a model that ends its answers with EOS -----------------------
+@pytest.fixture(scope="module")
+def embedded() -> TestClient:
+    app = create_app(ServerSettings(), Engine.from_dir(EMBEDDED_MODEL_DIR))
+    with TestClient(app) as tc:
+        yield tc
+
+
+def test_stop_at_eos_has_one_default_on_generate_and_v1(embedded):
+    """On by default on both: the text is the same, decoding ends at the answer's EOS."""
+    knobs = {"sampler": "topk_confidence", "block_length": 12}
+    gen = embedded.post("/generate", json={"prompt": PROMPT, **knobs}).json()
+    whole = embedded.post("/generate", json={"prompt": PROMPT, **knobs,
+                                             "stop_at_eos": False}).json()
+    v1 = embedded.post("/v1/completions", json={"model": "embedded", "prompt": PROMPT,
+                                                **knobs}).json()
+    assert gen["text"] == whole["text"] == v1["choices"][0]["text"] != ""
+    assert gen["nfe"] == v1["unmaskd"]["nfe"] < whole["nfe"]
+
+
+def test_a_policy_outside_its_block_setting_decodes_with_a_warning(engine, tiny_model_dir):
+    """Legitimate (docs/BENCHMARKS.md runs a full-diffusion policy in blocks of 12), but off
+    the setting the policy learned: the answer says so, naming the field."""
+    STORE.add(Policy("full16", PolicyNet(), {"block_length": 16, "gen_length": 16}))
+    STORE.add(Policy("block8", PolicyNet(), {"block_length": 8, "gen_length": 16}))
+    app = create_app(ServerSettings(model=tiny_model_dir), engine)
+    try:
+        with TestClient(app) as tc:
+            def warnings(policy: str, block_length: int, path: str = "/generate") -> list[str]:
+                body = {"prompt": PROMPT, "sampler": "learned", "max_new_tokens": 16,
+                        "block_length": block_length, "sampler_params": {"policy": policy}}
+                if path == "/generate":
+                    r = tc.post(path, json=body)
+                    assert r.status_code == 200, r.text
+                    return r.json()["warnings"]
+                body["max_tokens"] = body.pop("max_new_tokens")
+                body["model"] = tc.get("/v1/models").json()["data"][0]["id"]
+                r = tc.post(path, json=body)
+                assert r.status_code == 200, r.text
+                return r.json()["unmaskd"]["warnings"]
+
+            assert warnings("full16", 16) == warnings("block8", 8) == []
+            assert warnings("full16", 8) == [
+                "sampler_params.policy: 'full16' was trained for full diffusion and decodes "
+                "here in blocks of 8, outside the setting it learned"]
+            assert warnings("block8", 16, "/v1/completions") == [
+                "sampler_params.policy: 'block8' was trained for blocks of 8 and decodes here "
+                "in full diffusion, outside the setting it learned"]
+            assert warnings("block8", 4)[0].endswith("blocks of 8 and decodes here in blocks "
+                                                     "of 4, outside the setting it learned")
+    finally:
+        STORE.remove("full16")
+        STORE.remove("block8")
+
+
 # ---- readiness: one real decode before listening -------------------------------------------------
 def test_serve_decodes_once_before_it_listens(tiny_model_dir, monkeypatch):
     steps_at_listen: list[int] = []
@@ -782,7 +853,8 @@ def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
     sent = time.monotonic()
     os.kill(srv.proc.pid, signal.SIGTERM)
     assert wait_for(lambda: httpx.get(srv.url + "/health").status_code == 503, 2)
-    assert httpx.post(srv.url + "/generate", json={"prompt": PROMPT}).status_code == 503
+    refused = httpx.post(srv.url + "/generate", json={"prompt": PROMPT})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
     for t in threads:
         t.join(30)
     assert srv.proc.wait(20) == 0, srv.log()
@@ -791,3 +863,4 @@ def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
     final = json.loads(events[-2][len("data: "):])
     assert final["finish_reason"] in ("stop", "length") and final["nfe"] == 16
     assert results["long"].status_code == 503 and "shut down" in results["long"].json()["detail"]
+    assert results["long"].headers["retry-after"] == "10"
