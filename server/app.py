@@ -329,6 +329,9 @@ def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | N
             schemas["ArmSpec"]["properties"]["sampler"]["enum"] = samplers
             schemas["CompletionRequest"]["properties"]["prompt"].update(
                 prompt_schema(engine.cfg.vocab_size))
+            (model_id,) = app.openapi_schema["paths"]["/v1/models/{model_id}"]["get"][
+                "parameters"]
+            model_id["schema"]["enum"] = [model_name]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -122,8 +122,19 @@ def generate(client: httpx.Client, **body) -> dict:
 def test_health_metrics_and_models_endpoints(server, client, model_name):
     assert httpx.get(server.url + "/health").json() == {"status": "ok", "cache": "none"}  # no key
     assert httpx.get(server.url + "/metrics").status_code == 200
-    models = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY).models.list()
-    assert [m.id for m in models.data] == [model_name]
+    oai = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
+    assert [m.id for m in oai.models.list().data] == [model_name]
+
+
+def test_a_model_is_retrieved_by_its_id_or_is_a_404_in_openais_shape(client, oai, model_name):
+    listed = client.get("/v1/models").json()["data"][0]
+    assert client.get(f"/v1/models/{model_name}").json() == listed
+    assert oai.models.retrieve(model_name).id == model_name
+    r = client.get("/v1/models/org/no-such-model")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+    assert r.json()["error"]["param"] == "model" and "no-such-model" in r.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("gpt-4")
 
 
 def test_metrics_carry_the_standard_process_series(server):
@@ -284,13 +295,18 @@ def test_openai_completions(client, oai, model_name, tokenizer):
     assert r.choices[0].text == ref["text"] and r.id.startswith("cmpl-")
     assert r.choices[0].finish_reason == ("stop" if eos in ids else "length")
     assert r.usage.prompt_tokens == len(tokenizer.encode(PROMPT).ids)
-    assert r.usage.completion_tokens == (ids.index(eos) + 1 if eos in ids else 16)
+    assert r.usage.completion_tokens == (ids.index(eos) if eos in ids else 16)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     assert r.unmaskd["nfe"] == ref["nfe"]
     chunks = list(oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, seed=3,
-                                         stream=True, extra_body=knobs))
-    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
-    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+                                         stream=True, extra_body=knobs,
+                                         stream_options={"include_usage": True}))
+    *texts, usage = chunks
+    assert "".join(c.choices[0].text for c in texts) == r.choices[0].text
+    assert sum(bool(c.choices[0].text) for c in texts) > 1  # streamed as it became final
+    assert texts[-1].choices[0].finish_reason == r.choices[0].finish_reason
+    assert all(c.usage is None for c in texts)
+    assert usage.choices == [] and usage.usage == r.usage  # where OpenAI puts it
 
 
 def test_openai_chat_completions_and_stream(client, oai, model_name):
@@ -316,6 +332,64 @@ def test_openai_stop_strings_cut_the_text(client, oai, model_name):
     part = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16,
                                   stop=[cut_at]).choices[0]
     assert part.text == full.text[:full.text.index(cut_at)] and part.finish_reason == "stop"
+    chunks = list(oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16,
+                                         stop=[cut_at], stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == part.text  # never past the stop
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def final_text_per_step(tokenizer: Tokenizer, out: dict, eos: int) -> list[str]:
+    """From /generate's trace: after each step, the text of the run of committed positions
+    from the canvas's left, up to the first EOS (a dLLM's text that can no longer change)."""
+    ids, trace = out["token_ids"], out["trace"]
+    texts = []
+    for step in range(out["nfe"]):
+        end = 0
+        while end < len(ids) and trace[end] <= step and ids[end] != eos:
+            end += 1
+        texts.append(tokenizer.decode(ids[:end], skip_special_tokens=False))
+    return texts
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_openai_streams_send_each_steps_newly_final_text(client, model_name, tokenizer, path):
+    """As vLLM streams: a chunk for each step that made text final, carrying that text; the
+    finish_reason and the rest on the last chunk; usage alone in one more chunk (choices [])
+    with include_usage and nowhere without; then [DONE]."""
+    chat = path.endswith("chat/completions")
+    knobs = {"sampler": "topk_confidence", "block_length": 8, "steps": 16, "seed": 4}
+    source = ({"messages": [{"role": "user", "content": QUESTION}]} if chat
+              else {"prompt": PROMPT})
+    r = client.post("/generate", json={**source, **knobs, "max_new_tokens": 16,
+                                       "return_trace": True})
+    ref = r.json()
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    ids = ref["token_ids"]
+    answer_tokens = ids.index(eos) if eos in ids else len(ids)
+    texts = final_text_per_step(tokenizer, ref, eos)
+    assert texts[-1] == ref["text"]
+    expected = [b[len(a):] for a, b in zip(["", *texts], texts, strict=False) if b != a]
+    assert len(expected) > 1  # a canvas that becomes final piece by piece
+    body = {"model": model_name, **source, **knobs, "max_tokens": 16, "stream": True}
+    for include_usage in (True, False):
+        with client.stream("POST", path, json={
+                **body, "stream_options": {"include_usage": include_usage}}) as r:
+            assert r.status_code == 200
+            events = sse_payloads(r.iter_lines())
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        if chat:
+            assert chunks.pop(0)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        if include_usage:
+            usage = chunks.pop()
+            assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == answer_tokens
+        assert all(c["usage"] is None and len(c["choices"]) == 1 for c in chunks)
+        pieces = [c["choices"][0]["delta"]["content"] if chat else c["choices"][0]["text"]
+                  for c in chunks]
+        reasons = [c["choices"][0]["finish_reason"] for c in chunks]
+        assert pieces[:-1] == expected and pieces[-1] in ("", None)
+        assert reasons == [None] * (len(chunks) - 1) + [ref["finish_reason"]]
+        assert chunks[-1]["unmaskd"]["nfe"] == ref["nfe"]
 
 
 @pytest.mark.parametrize("path,field,value", [
@@ -725,11 +799,27 @@ def test_prompts_are_tokenized_off_the_event_loop(engine, tiny_model_dir, monkey
     assert on_loop == [False, False, False]
 
 # ---- the embedded model in-process: a model that ends its answers with EOS -----------------------
+ANSWERED = ("Question: Ava has 12 apples. Ava buys 7 more apples. How many apples does Ava have "
+            "now?\nAnswer: 12 + 7 = 19.\n#### 19.\n#### 19")  # it answers with EOS at once
+
+
 @pytest.fixture(scope="module")
 def embedded() -> TestClient:
     app = create_app(ServerSettings(), Engine.from_dir(EMBEDDED_MODEL_DIR))
     with TestClient(app) as tc:
         yield tc
+
+
+def test_an_empty_answer_uses_no_completion_tokens(embedded):
+    body = {"model": "embedded", "prompt": ANSWERED, "max_tokens": 12, "block_length": 12,
+            "sampler": "topk_confidence"}
+    r = embedded.post("/v1/completions", json=body).json()
+    assert r["choices"][0] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+    assert r["usage"]["completion_tokens"] == 0, r["usage"]
+    events = sse_payloads(embedded.post("/v1/completions", json={
+        **body, "stream": True, "stream_options": {"include_usage": True}}).iter_lines())
+    assert events[-2]["usage"]["completion_tokens"] == 0 and events[-2]["choices"] == []
+    assert "".join(e["choices"][0]["text"] for e in events[:-2]) == ""
 
 
 def test_stop_at_eos_has_one_default_on_generate_and_v1(embedded):
