@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     problems = make_split("test", args.requests)
+    # stop_at_eos off: every request decodes its whole canvas, as docs/BENCHMARKS.md's serving
+    # rows were measured (the server's default since issue 26 ends at the answer's EOS)
     bodies = [{"prompt": p.prompt, "max_new_tokens": args.max_new_tokens, "seed": i,
-               **({"sampler": args.sampler} if args.sampler else {})}
+               "stop_at_eos": False, **({"sampler": args.sampler} if args.sampler else {})}
               for i, p in enumerate(problems)]
     results = []
     if args.url:

@@ -65,6 +65,12 @@ class Sampler:
         """Fill request-dependent defaults once the lengths are known (validation time)."""
         return params
 
+    @classmethod
+    def warnings(cls, params: SamplerParams, gen_length: int, block_length: int) -> list[str]:
+        """What a client should know about how these (finalized) params decode this canvas,
+        each starting with the param's name; the server returns them with the result."""
+        return []
+
     def __init__(self, params: list[SamplerParams], device: torch.device):
         self.params = params
         self.device = device

@@ -10,9 +10,15 @@ the server stops accepting work (503 on /health and new requests) but keeps list
 in-flight requests finish, at most --shutdown-timeout seconds, after which the rest are
 cancelled (503); then it exits with status 0. A second signal exits at once.
 
-Client errors never become 500s: request bodies that fail validation are 422 naming the field
-(400 on /v1 for unknown or dLLM-meaningless fields, as OpenAI answers), and every refusal from
-the generation path is an ApiError rendered the same way.
+Client errors never become 500s. A body that cannot be read as JSON (empty, not JSON, not UTF-8,
+nested too deep, an integer too long to convert, or not sent as JSON) is a 400 on `body`, as
+OpenAI answers; JSON that fails validation is a 422 naming the field (400 on /v1 for unknown or
+dLLM-meaningless fields, as OpenAI answers), and every refusal from the generation path is an
+ApiError rendered the same way.
+
+The server is ready only once it can decode: `serve_main` runs one real decode on the loaded
+model (what a request naming nothing gets) before uvicorn listens, so /health answers 200 only
+after it; if that decode fails the process exits with status 2 and one `error:` line.
 """
 
 from __future__ import annotations
@@ -47,9 +53,15 @@ from unmaskd.server.protocol import (
     error_responses,
     lone_surrogate,
     openai_error,
+    prompt_schema,
 )
 from unmaskd.server.scheduler import Scheduler
-from unmaskd.server.serving_generate import GenerationService, PolicyLister, no_policies
+from unmaskd.server.serving_generate import (
+    CannotDecode,
+    GenerationService,
+    PolicyLister,
+    no_policies,
+)
 from unmaskd.server.settings import ServerSettings, parse_settings
 
 log = logging.getLogger("unmaskd.server")
@@ -155,11 +167,16 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
                           exc.code)
 
 
+UNREADABLE = "not valid JSON"
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """Starlette's own refusals in the API's error shape: a body it cannot parse (bad UTF-8,
-    an integer too long to convert) is a 400 on the body; unknown routes and methods keep
-    their status."""
+    nested too deep, an integer too long to convert) is a 400 on the body; unknown routes and
+    methods keep their status."""
     field = "body" if exc.status_code == 400 else None
+    detail = (f"{UNREADABLE}: not UTF-8, nested too deep, or a number too long to convert"
+              if exc.status_code == 400 else str(exc.detail))
     headers = exc.headers
     if exc.status_code == 405:  # Starlette's Allow names the first route's methods only
         allowed = {m for route in request.app.routes
@@ -167,12 +184,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
                    for m in getattr(route, "methods", None) or ()}
         headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
     _count_refusal(request, exc.status_code)
-    return error_response(request.url.path, exc.status_code, field, str(exc.detail), headers)
+    return error_response(request.url.path, exc.status_code, field, detail, headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    """The first problem, named by its top-level field; all of them under "errors"."""
+    """The first problem, named by its top-level field; all of them under "errors". A body
+    that could not be read as JSON at all is a 400, as in _http_error."""
     problems = []
+    unreadable = False
     is_json = "json" in request.headers.get("content-type", "")
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
@@ -186,15 +205,20 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
             # ones reach serving_generate.check_unicode, which says the same.
             message = lone_surrogate(err["input"]) or message
         if kind == "json_invalid":  # loc holds the character offset
-            message, loc = f"not valid JSON (at character {loc[0] if loc else 0})", []
+            message, loc = f"{UNREADABLE} (at character {loc[0] if loc else 0})", []
+            unreadable = True
         elif not loc and not is_json:
             message = "send a JSON object with 'Content-Type: application/json'"
+            unreadable = True
+        elif not loc and kind == "missing":
+            message = "empty: send a JSON object"
+            unreadable = True
         elif loc and loc[-1] == "[key]":  # a key of an object (an arm name), not a value under it
             *loc, key, _ = loc
             message = f"name {key!r}: {message}"
         problems.append((loc[0] if loc else "body", ".".join(loc) or "body", message, unknown))
     field, path, message, unknown = problems[0]
-    status = 400 if unknown and request.url.path.startswith("/v1/") else 422
+    status = 400 if unreadable or (unknown and request.url.path.startswith("/v1/")) else 422
     _count_refusal(request, status)
     return error_response(request.url.path, status, field,
                           message if path == field else f"{path}: {message}",
@@ -292,11 +316,22 @@ def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | N
         app.add_middleware(ApiKeyMiddleware, key=settings.api_key)
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's document, naming the one model /v1 serves (others are a 404)."""
+        """FastAPI's document with what only the running server knows, so that a body it
+        allows is not refused for it: the one model /v1 serves (others are a 404), the
+        registered samplers, the model's vocabulary for token-id prompts."""
         if app.openapi_schema is None:
             schemas = FastAPI.openapi(app)["components"]["schemas"]
+            samplers = sorted(registered_samplers())
             for body in ("CompletionRequest", "ChatCompletionRequest"):
                 schemas[body]["properties"]["model"]["enum"] = [model_name]
+            for body in ("GenerateRequest", "CompletionRequest", "ChatCompletionRequest"):
+                schemas[body]["properties"]["sampler"]["anyOf"][0]["enum"] = samplers
+            schemas["ArmSpec"]["properties"]["sampler"]["enum"] = samplers
+            schemas["CompletionRequest"]["properties"]["prompt"].update(
+                prompt_schema(engine.cfg.vocab_size))
+            (model_id,) = app.openapi_schema["paths"]["/v1/models/{model_id}"]["get"][
+                "parameters"]
+            model_id["schema"]["enum"] = [model_name]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -360,9 +395,17 @@ def serve_main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
         return 2
-    logging.getLogger(__name__).info("cache %s; learned policies loaded: %s", settings.cache,
-                                     sorted(STORE.policies) or "none")
+    log.info("cache %s; learned policies loaded: %s", settings.cache,
+             sorted(STORE.policies) or "none")
     app = create_app(settings, engine, ab_config, policies=STORE.describe)
+    service: GenerationService = app.state.service
+    try:  # before uvicorn listens: /health answers only once the model has decoded
+        first = service.first_decode()
+    except CannotDecode as e:
+        print(f"error: the model from {settings.model} loaded but cannot decode: {e}",
+              file=sys.stderr)
+        return 2
+    log.info("first decode (%s): %d NFE; ready", service.default_sampler(), first.nfe)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                             timeout_graceful_shutdown=5)
     DrainingServer(config, app.state.service, settings.shutdown_timeout).run()

@@ -5,12 +5,19 @@ that `rate(unmaskd_generated_tokens_total) / rate(unmaskd_denoise_steps_total)` 
 mean tokens/step clients saw: every completed request decides its whole canvas (gen_length
 tokens) in `nfe` steps. Cancelled and failed requests show up in `unmaskd_requests_total` only.
 All methods are thread-safe (the engine thread and the event loop both report).
+
+The registry also carries prometheus_client's standard process_* (resident and virtual memory,
+CPU seconds, open and maximum file descriptors, start time; Linux), python_info and python_gc_*
+series, as the library's default registry would.
 """
 
 from __future__ import annotations
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -32,6 +39,10 @@ class Metrics:
     def __init__(self, model: str):
         self.model = model
         r = self.registry = CollectorRegistry()
+        # The standard series every Prometheus user looks for (the collectors read the process
+        # when scraped, so one instance serves every registry).
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.requests = Counter(
             "unmaskd_requests", "Requests by outcome: the finish reason (stop, length), "
             "cancelled, error, rejected (queue full or shutting down) or invalid (422)",

@@ -6,15 +6,17 @@ does; unmaskd's decoding knobs ride along in them (the `openai` client's `extra_
 models are strict: booleans and numbers must be JSON booleans and numbers (`"stream": "yes"` or
 `1` is a 422, not a true). The schemas say what the server checks on its own (bounds, "prompt or
 messages"); what depends on the loaded model, the sampler registry or the A/B experiments is a
-422 the schema cannot foresee (see `ERRORS`).
+422 the schema cannot foresee (see `ERRORS`). The OpenAI fields a dLLM has no use for are
+declared with the values the server takes (`only`), so a body the schema allows is never
+refused by name with a 400.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 MAX_SEED = 2**63 - 1  # the engine keeps seeds in int64 tensors
 MAX_TEMPERATURE = 100.0  # the engine's bound (engine.sequence.validate)
@@ -43,6 +45,14 @@ def lone_surrogate(text: str) -> str | None:
         return (f"is not valid Unicode text: a lone surrogate \\u{ord(text[e.start]):04x} at "
                 f"character {e.start}")
     return None
+
+
+def only(*accepted: dict[str, Any], why: str) -> WithJsonSchema:
+    """The documented schema of a field declared only to be refused by name (serving_openai):
+    the values the server takes (`accepted` JSON schemas, or null). Validation still accepts
+    any value of the field's type, so that the handler can name it with a 400 and say why."""
+    return WithJsonSchema({"anyOf": [*accepted, {"type": "null"}],
+                           "description": f"not supported: {why}"})
 
 
 class ApiError(Exception):
@@ -94,7 +104,8 @@ class OpenAIErrorBody(BaseModel):
 
 
 ERRORS = {
-    400: "The body cannot be parsed (bad UTF-8, an integer too long to convert).",
+    400: "The body cannot be read as JSON: not JSON, not UTF-8, nested too deep, an integer "
+         "too long to convert, or not sent as JSON.",
     401: "The server runs with --api-key and the request lacks 'Authorization: Bearer KEY'.",
     404: "No such resource.",
     413: "The body is larger than --max-body-bytes.",
@@ -104,7 +115,7 @@ ERRORS = {
          "params, defined A/B experiments, and a chat the model's template can render.",
     429: "The batch and the queue are full; retry after Retry-After seconds.",
     500: "Decoding failed on the server.",
-    503: "The server is shutting down, or its engine loop has stopped.",
+    503: "The server is shutting down (with Retry-After), or its engine loop has stopped.",
 }
 
 
@@ -159,7 +170,8 @@ class DecodingOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    sampler: str | None = Field(None, description="registered sampler; default: the server's")
+    sampler: str | None = Field(None, min_length=1,
+                                description="registered sampler; default (null): the server's")
     sampler_params: dict[str, Any] = Field(default_factory=dict)
     block_length: int | None = Field(None, ge=1, description="default: canvas length / 4")
     steps: int | None = Field(
@@ -188,9 +200,13 @@ class GenerateRequest(DecodingOptions):
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     max_new_tokens: int | None = Field(None, ge=1, description="canvas length")
     temperature: float = Field(0.0, ge=0, le=MAX_TEMPERATURE)
-    stop_at_eos: bool = False
+    stop_at_eos: bool = True
     stream: bool = False
     return_trace: bool = False
+
+
+WARNINGS = ("what the client should know about how the request decoded, each naming its field "
+            "(e.g. a learned policy used outside the block setting it was trained for)")
 
 
 class Timing(BaseModel):
@@ -209,6 +225,7 @@ class GenerateResponse(BaseModel):
     nfe: int
     tokens_per_step: float
     correct: bool | None = Field(None, description="answer check, when reference was given")
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS)
     trace: list[int] | None = None
     step_counts: list[int] | None = None
     timing: Timing
@@ -221,6 +238,16 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Why such fields are refused (serving_openai's 400s and the schema's descriptions).
+NO_LOGPROBS = ("a diffusion LM commits tokens in parallel over many steps, so there are no "
+               "per-token log-probabilities of the final text")
+NO_TOOLS = "no tool or function calling"
+NO_PENALTY = "penalties over earlier tokens assume left-to-right decoding"
+_ZERO = {"type": "number", "minimum": 0, "maximum": 0}
+_EMPTY_LIST = {"type": "array", "maxItems": 0}
+_NONE = {"const": "none"}
+
+
 class OpenAIRequest(DecodingOptions):
     """Fields common to completions and chat. Fields that have no meaning for a dLLM are
     declared so that they can be refused by name with a 400 (see serving_openai)."""
@@ -228,35 +255,54 @@ class OpenAIRequest(DecodingOptions):
     model: str = Field(description="the served model's name (GET /v1/models)")
     max_tokens: int | None = Field(None, ge=1, description="canvas length")
     temperature: float | None = Field(None, ge=0, le=MAX_TEMPERATURE)
-    top_p: float | None = None
-    n: int | None = None
+    top_p: Annotated[float | None, only({"type": "number", "minimum": 1, "maximum": 1},
+                                        why="nucleus sampling; use temperature")] = None
+    n: Annotated[int | None, only({"const": 1}, why="one sample per request")] = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Annotated[float | None, only(_ZERO, why=NO_PENALTY)] = None
+    frequency_penalty: Annotated[float | None, only(_ZERO, why=NO_PENALTY)] = None
+    logit_bias: Annotated[dict[str, float] | None,
+                          only({"type": "object", "maxProperties": 0}, why="logit bias")] = None
     stop_at_eos: bool = True
 
 
+def prompt_schema(vocab_size: int | None = None) -> dict[str, Any]:
+    """A completion prompt: text, or token ids (below `vocab_size` when known: the app writes
+    the served model's into its OpenAPI document), alone or as a batch of one. Several
+    prompts are refused by name (send one request each; the server batches them)."""
+    token = {"type": "integer", "minimum": 0,
+             **({} if vocab_size is None else {"maximum": vocab_size - 1})}
+    tokens = {"type": "array", "items": token, "minItems": 1}
+    return {"anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+         "maxItems": 1},
+        tokens, {"type": "array", "items": tokens, "minItems": 1, "maxItems": 1}]}
+
+
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
-    best_of: int | None = None
-    echo: bool | None = None
-    suffix: str | None = None
+    prompt: Annotated[str | list[str] | list[int] | list[list[int]],
+                      WithJsonSchema(prompt_schema())]
+    logprobs: Annotated[int | None, only({"const": 0}, why=NO_LOGPROBS)] = None
+    best_of: Annotated[int | None, only({"const": 1}, why="one sample per request")] = None
+    echo: Annotated[bool | None, only({"const": False}, why="echoing the prompt")] = None
+    suffix: Annotated[str | None, only(why="insertion; put all the text in the prompt")] = None
 
 
 class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
+    logprobs: Annotated[bool | None, only({"const": False}, why=NO_LOGPROBS)] = None
+    top_logprobs: Annotated[int | None, only(why=NO_LOGPROBS)] = None
+    tools: Annotated[list[Any] | None, only(_EMPTY_LIST, why=NO_TOOLS)] = None
+    tool_choice: Annotated[Any, only(_NONE, why=NO_TOOLS)] = None
+    functions: Annotated[list[Any] | None, only(_EMPTY_LIST, why=NO_TOOLS)] = None
+    function_call: Annotated[Any, only(_NONE, why=NO_TOOLS)] = None
+    response_format: Annotated[dict[str, Any] | None, only(
+        {"type": "object", "properties": {"type": {"const": "text"}}},
+        why="structured output; only text")] = None
 
 
 class Usage(BaseModel):
@@ -273,6 +319,7 @@ class UnmaskdInfo(BaseModel):
     arm: str | None
     nfe: int
     tokens_per_step: float
+    warnings: list[str] = Field(default_factory=list, description=WARNINGS)
 
 
 class CompletionChoice(BaseModel):

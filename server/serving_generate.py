@@ -9,6 +9,11 @@ requests in their A/B experiment.
 `{"step", "committed", "canvas"}` with undecided positions shown as "░" (one per token) and
 EOS as "·", then one event with the same object a non-streaming call returns, then
 `data: [DONE]`. An error after the stream has started arrives as `{"error": {...}}`.
+
+`stop_at_eos` is on by default here as on /v1: the text is the same either way (a committed
+token never changes), and decoding ends once everything before the first EOS is decided, as an
+LLM server's user expects; `"stop_at_eos": false` decodes the whole canvas (the NFE a paper's
+generate function reports).
 """
 
 from __future__ import annotations
@@ -58,6 +63,15 @@ from unmaskd.tasks.arithmetic import check_answer
 
 log = logging.getLogger(__name__)
 PolicyLister = Callable[[], list[dict[str, Any]]]
+# A draining replica's 503s: the readiness probe (deploy/k8s: 2 failures 5 s apart) takes it
+# out of the Service within 10 s, so a retry then reaches another replica.
+DRAIN_RETRY_AFTER = {"Retry-After": "10"}
+# The first decode's prompt (any text the tokenizer turns into tokens will do).
+FIRST_DECODE_PROMPT = "Question: 1 + 1?\nAnswer:"
+
+
+class CannotDecode(Exception):
+    """The loaded model failed its first decode; the message is one line."""
 
 
 def no_policies() -> list[dict[str, Any]]:
@@ -75,6 +89,7 @@ class Prepared:
     experiment: Experiment | None
     arm: str | None
     reference: int | None
+    warnings: list[str]  # what the client should know about how this request decodes
 
     @property
     def sampler(self) -> str:
@@ -100,6 +115,24 @@ class GenerationService:
         self.policies = policies
         self.shutting_down = False
         self.started = int(time.time())
+
+    def first_decode(self) -> SequenceResult:
+        """One real decode of what a request naming nothing gets (the default sampler, canvas
+        and blocks), straight on the engine, before the engine thread starts: a model that
+        loads but cannot decode (a config value out of range, a broken policy) is found here
+        rather than by every client. Raises CannotDecode."""
+        try:
+            prompt_ids = self.engine.tokenizer(FIRST_DECODE_PROMPT)["input_ids"]
+            req = GenerationRequest(prompt_ids or [self.engine.eos_id], self.default_sampler(),
+                                    stop_at_eos=True)
+            (result,) = self.engine.generate([req])
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CannotDecode(f"{type(e).__name__}: {first}" if first
+                               else type(e).__name__) from e
+        finally:
+            self.engine.abort_all()  # a failed step leaves its row behind
+        return result
 
     def default_sampler(self) -> str:
         """"learned" once a learned policy is loaded, else "threshold", else the LLaDA rule."""
@@ -161,8 +194,10 @@ class GenerationService:
             log.exception("validation raised")
             raise ApiError(422, self._field("sampler_params", fields, arm),
                            f"rejected: {type(e).__name__}: {e}") from None
+        warnings = [f"{self._field('sampler_params', fields, arm)}.{w}"
+                    for w in vr.sampler_cls.warnings(vr.params, vr.gen_length, vr.block_length)]
         return Prepared(f"{id_prefix}-{uuid.uuid4().hex}", vr, len(prompt_ids), experiment,
-                        arm, opts.reference)
+                        arm, opts.reference, warnings)
 
     @staticmethod
     def _field(name: str, fields: dict[str, str], arm: str | None) -> str:
@@ -174,7 +209,8 @@ class GenerationService:
     def submit(self, prepared: Prepared) -> Job:
         if self.shutting_down:
             self.metrics.request_ended_early(prepared.sampler, prepared.arm, "rejected")
-            raise ApiError(503, None, "the server is shutting down")
+            raise ApiError(503, None, "the server is shutting down",
+                           headers=DRAIN_RETRY_AFTER)
         try:
             return self.scheduler.submit(prepared.vr, prepared.sampler, prepared.arm,
                                          prepared.prompt_tokens)
@@ -254,10 +290,11 @@ def check_unicode(text: str, field: str) -> None:
 def _outcome(item: Finished | Cancelled | Failed) -> Finished:
     if isinstance(item, Finished):
         return item
+    if isinstance(item, Cancelled) and item.reason == "shutdown":
+        raise ApiError(503, None, "cancelled: the server shut down before the request finished",
+                       headers=DRAIN_RETRY_AFTER)
     if isinstance(item, Cancelled):
-        raise ApiError(503 if item.reason == "shutdown" else 499, None,
-                       "cancelled: the server shut down before the request finished"
-                       if item.reason == "shutdown" else "cancelled")
+        raise ApiError(499, None, "cancelled")
     raise ApiError(500, None, item.message)
 
 
@@ -310,6 +347,7 @@ def _response(c: Completed, return_trace: bool) -> GenerateResponse:
         id=p.id, text=res.text, token_ids=res.token_ids, finish_reason=res.finish_reason,
         sampler=p.sampler, sampler_params=p.vr.params.model_dump(mode="json"), arm=p.arm,
         nfe=res.nfe, tokens_per_step=res.tokens_per_step, correct=c.correct,
+        warnings=p.warnings,
         trace=res.trace if return_trace else None,
         step_counts=res.step_counts if return_trace else None, timing=c.timing)
 

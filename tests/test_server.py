@@ -12,6 +12,8 @@ import math
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -21,13 +23,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import free_port
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from tokenizers import Tokenizer
+from unmaskd.dllm import EMBEDDED_MODEL_DIR
 from unmaskd.engine.loop import Engine
 from unmaskd.sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
-from unmaskd.server.app import create_app
+from unmaskd.sampler_plugins.policy_net import PolicyNet
+from unmaskd.sampler_plugins.policy_store import STORE, Policy
+from unmaskd.server.app import DrainingServer, create_app, serve_main
 from unmaskd.server.settings import ServerSettings, parse_settings
 
 API_KEY = "test-key"
@@ -116,8 +122,28 @@ def generate(client: httpx.Client, **body) -> dict:
 def test_health_metrics_and_models_endpoints(server, client, model_name):
     assert httpx.get(server.url + "/health").json() == {"status": "ok", "cache": "none"}  # no key
     assert httpx.get(server.url + "/metrics").status_code == 200
-    models = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY).models.list()
-    assert [m.id for m in models.data] == [model_name]
+    oai = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0)
+    assert [m.id for m in oai.models.list().data] == [model_name]
+
+
+def test_a_model_is_retrieved_by_its_id_or_is_a_404_in_openais_shape(client, oai, model_name):
+    listed = client.get("/v1/models").json()["data"][0]
+    assert client.get(f"/v1/models/{model_name}").json() == listed
+    assert oai.models.retrieve(model_name).id == model_name
+    r = client.get("/v1/models/org/no-such-model")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+    assert r.json()["error"]["param"] == "model" and "no-such-model" in r.json()["error"]["message"]
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("gpt-4")
+
+
+def test_metrics_carry_the_standard_process_series(server):
+    """What a Prometheus user looks for first: the process's memory, CPU and file descriptors."""
+    names = {s.name for fam in text_string_to_metric_families(
+        httpx.get(server.url + "/metrics").text) for s in fam.samples}
+    assert {"process_resident_memory_bytes", "process_virtual_memory_bytes",
+            "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+            "process_start_time_seconds", "python_info"} <= names, sorted(names)
 
 
 def test_api_key_is_required_except_on_probes(server):
@@ -165,7 +191,8 @@ def test_samplers_lists_the_registry_with_schemas_and_defaults(client):
 @pytest.mark.parametrize("name", sorted(registered_samplers()))
 def test_generate_with_each_sampler(client, name):
     r = client.post("/generate", json={"prompt": PROMPT, "sampler": name, "max_new_tokens": 16,
-                                       "block_length": 8, "steps": 16, "return_trace": True})
+                                       "block_length": 8, "steps": 16, "return_trace": True,
+                                       "stop_at_eos": False})  # every block to its end
     if not defaults_valid(name):  # e.g. "learned" with no policy loaded
         assert r.status_code == 422 and r.json()["field"].startswith("sampler_params"), r.text
         return
@@ -191,7 +218,7 @@ def test_generate_messages_use_the_chat_template(client):
 
 def test_generate_stream_sends_every_step_then_the_result(client):
     body = {"prompt": PROMPT, "sampler": "topk_confidence", "max_new_tokens": 12,
-            "block_length": 4, "steps": 6, "seed": 5}
+            "block_length": 4, "steps": 6, "seed": 5, "stop_at_eos": False}  # every position
     with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         events = sse_payloads(r.iter_lines())
@@ -262,26 +289,31 @@ def test_openai_completions(client, oai, model_name, tokenizer):
     knobs = {"sampler": "topk_confidence", "block_length": 8, "steps": 16}
     r = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, seed=3,
                                extra_body=knobs)
-    ref = generate(client, max_new_tokens=16, seed=3, stop_at_eos=True, **knobs)
+    ref = generate(client, max_new_tokens=16, seed=3, **knobs)
     eos = tokenizer.token_to_id("<|endoftext|>")
     ids = ref["token_ids"]
     assert r.choices[0].text == ref["text"] and r.id.startswith("cmpl-")
     assert r.choices[0].finish_reason == ("stop" if eos in ids else "length")
     assert r.usage.prompt_tokens == len(tokenizer.encode(PROMPT).ids)
-    assert r.usage.completion_tokens == (ids.index(eos) + 1 if eos in ids else 16)
+    assert r.usage.completion_tokens == (ids.index(eos) if eos in ids else 16)
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
     assert r.unmaskd["nfe"] == ref["nfe"]
     chunks = list(oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16, seed=3,
-                                         stream=True, extra_body=knobs))
-    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
-    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+                                         stream=True, extra_body=knobs,
+                                         stream_options={"include_usage": True}))
+    *texts, usage = chunks
+    assert "".join(c.choices[0].text for c in texts) == r.choices[0].text
+    assert sum(bool(c.choices[0].text) for c in texts) > 1  # streamed as it became final
+    assert texts[-1].choices[0].finish_reason == r.choices[0].finish_reason
+    assert all(c.usage is None for c in texts)
+    assert usage.choices == [] and usage.usage == r.usage  # where OpenAI puts it
 
 
 def test_openai_chat_completions_and_stream(client, oai, model_name):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
     r = oai.chat.completions.create(model=model_name, messages=messages, max_tokens=16,
                                     temperature=0.5, seed=2)
-    ref = generate(client, max_new_tokens=16, temperature=0.5, seed=2, stop_at_eos=True)
+    ref = generate(client, max_new_tokens=16, temperature=0.5, seed=2)
     assert r.choices[0].message.content == ref["text"]
     assert r.choices[0].message.role == "assistant" and r.id.startswith("chatcmpl-")
     chunks = list(oai.chat.completions.create(
@@ -300,6 +332,64 @@ def test_openai_stop_strings_cut_the_text(client, oai, model_name):
     part = oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16,
                                   stop=[cut_at]).choices[0]
     assert part.text == full.text[:full.text.index(cut_at)] and part.finish_reason == "stop"
+    chunks = list(oai.completions.create(model=model_name, prompt=PROMPT, max_tokens=16,
+                                         stop=[cut_at], stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == part.text  # never past the stop
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def final_text_per_step(tokenizer: Tokenizer, out: dict, eos: int) -> list[str]:
+    """From /generate's trace: after each step, the text of the run of committed positions
+    from the canvas's left, up to the first EOS (a dLLM's text that can no longer change)."""
+    ids, trace = out["token_ids"], out["trace"]
+    texts = []
+    for step in range(out["nfe"]):
+        end = 0
+        while end < len(ids) and trace[end] <= step and ids[end] != eos:
+            end += 1
+        texts.append(tokenizer.decode(ids[:end], skip_special_tokens=False))
+    return texts
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_openai_streams_send_each_steps_newly_final_text(client, model_name, tokenizer, path):
+    """As vLLM streams: a chunk for each step that made text final, carrying that text; the
+    finish_reason and the rest on the last chunk; usage alone in one more chunk (choices [])
+    with include_usage and nowhere without; then [DONE]."""
+    chat = path.endswith("chat/completions")
+    knobs = {"sampler": "topk_confidence", "block_length": 8, "steps": 16, "seed": 4}
+    source = ({"messages": [{"role": "user", "content": QUESTION}]} if chat
+              else {"prompt": PROMPT})
+    r = client.post("/generate", json={**source, **knobs, "max_new_tokens": 16,
+                                       "return_trace": True})
+    ref = r.json()
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    ids = ref["token_ids"]
+    answer_tokens = ids.index(eos) if eos in ids else len(ids)
+    texts = final_text_per_step(tokenizer, ref, eos)
+    assert texts[-1] == ref["text"]
+    expected = [b[len(a):] for a, b in zip(["", *texts], texts, strict=False) if b != a]
+    assert len(expected) > 1  # a canvas that becomes final piece by piece
+    body = {"model": model_name, **source, **knobs, "max_tokens": 16, "stream": True}
+    for include_usage in (True, False):
+        with client.stream("POST", path, json={
+                **body, "stream_options": {"include_usage": include_usage}}) as r:
+            assert r.status_code == 200
+            events = sse_payloads(r.iter_lines())
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        if chat:
+            assert chunks.pop(0)["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        if include_usage:
+            usage = chunks.pop()
+            assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == answer_tokens
+        assert all(c["usage"] is None and len(c["choices"]) == 1 for c in chunks)
+        pieces = [c["choices"][0]["delta"]["content"] if chat else c["choices"][0]["text"]
+                  for c in chunks]
+        reasons = [c["choices"][0]["finish_reason"] for c in chunks]
+        assert pieces[:-1] == expected and pieces[-1] in ("", None)
+        assert reasons == [None] * (len(chunks) - 1) + [ref["finish_reason"]]
+        assert chunks[-1]["unmaskd"]["nfe"] == ref["nfe"]
 
 
 @pytest.mark.parametrize("path,field,value", [
@@ -343,11 +433,15 @@ def test_openai_errors(client, oai, model_name):
     assert e.value.body["param"] == "max_tokens"
     r = client.post("/v1/completions", json={"model": model_name, "prompt": ["a", "b"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    r = client.post("/v1/completions", json={"model": model_name, "prompt": PROMPT,
+                                              "sampler": ""})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "sampler", r.text
 
 
 # ---- errors --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("body,field", [
     ({"sampler": "no_such_sampler"}, "sampler"),
+    ({"sampler": ""}, "sampler"),  # not the default in disguise
     ({"sampler": "topk_confidence", "sampler_params": {"nope": 1}}, "sampler_params.nope"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_new_tokens": 1000}, "max_new_tokens"),
@@ -444,15 +538,23 @@ def test_garbage_never_gets_a_500(client):
         assert client.request(method, path).status_code < 500, (method, path)
 
 
-@pytest.mark.parametrize("body", [b'{"prompt": "\xff\xfe"}',
-                                  b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}"])
-def test_unparseable_bodies_are_400_on_the_body_in_the_api_shape(client, body):
-    """Bad UTF-8 or an integer too long to convert fail inside Starlette's body parsing."""
-    r = client.post("/generate", content=body, headers={"content-type": "application/json"})
+@pytest.mark.parametrize("body,ctype", [
+    (b'{"prompt": "\xff\xfe"}', "application/json"),  # not UTF-8
+    (b'{"prompt": "x", "seed": ' + b"1" * 5000 + b"}", "application/json"),  # int too long
+    (b"[" * 50_000, "application/json"),  # nested too deep
+    (b"not json", "application/json"), (b'{"prompt": "x",}', "application/json"),
+    (b"", "application/json"),
+    (b'{"prompt": "x"}', "text/plain"),  # not sent as JSON
+])
+def test_unparseable_bodies_are_400_on_the_body_in_the_api_shape(client, body, ctype):
+    """One status for a body that cannot be read as JSON, however it fails (Starlette's
+    parsing or pydantic's): 400, as OpenAI answers; 422 is for JSON that breaks the schema."""
+    r = client.post("/generate", content=body, headers={"content-type": ctype})
     assert r.status_code == 400 and r.json()["field"] == "body", r.text
-    r = client.post("/v1/completions", content=body,
-                    headers={"content-type": "application/json"})
+    r = client.post("/v1/completions", content=body, headers={"content-type": ctype})
     assert r.status_code == 400 and r.json()["error"]["param"] == "body", r.text
+    r = client.post("/generate", content=b"[]", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "body", r.text  # JSON, not an object
 
 
 def test_bodies_over_the_limit_are_413_whether_sized_or_chunked(client):
@@ -696,6 +798,121 @@ def test_prompts_are_tokenized_off_the_event_loop(engine, tiny_model_dir, monkey
             assert r.status_code == 200, (path, r.text)
     assert on_loop == [False, False, False]
 
+# ---- the embedded model in-process: a model that ends its answers with EOS -----------------------
+ANSWERED = ("Question: Ava has 12 apples. Ava buys 7 more apples. How many apples does Ava have "
+            "now?\nAnswer: 12 + 7 = 19.\n#### 19.\n#### 19")  # it answers with EOS at once
+
+
+@pytest.fixture(scope="module")
+def embedded() -> TestClient:
+    app = create_app(ServerSettings(), Engine.from_dir(EMBEDDED_MODEL_DIR))
+    with TestClient(app) as tc:
+        yield tc
+
+
+def test_an_empty_answer_uses_no_completion_tokens(embedded):
+    body = {"model": "embedded", "prompt": ANSWERED, "max_tokens": 12, "block_length": 12,
+            "sampler": "topk_confidence"}
+    r = embedded.post("/v1/completions", json=body).json()
+    assert r["choices"][0] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}
+    assert r["usage"]["completion_tokens"] == 0, r["usage"]
+    events = sse_payloads(embedded.post("/v1/completions", json={
+        **body, "stream": True, "stream_options": {"include_usage": True}}).iter_lines())
+    assert events[-2]["usage"]["completion_tokens"] == 0 and events[-2]["choices"] == []
+    assert "".join(e["choices"][0]["text"] for e in events[:-2]) == ""
+
+
+def test_stop_at_eos_has_one_default_on_generate_and_v1(embedded):
+    """On by default on both: the text is the same, decoding ends at the answer's EOS."""
+    knobs = {"sampler": "topk_confidence", "block_length": 12}
+    gen = embedded.post("/generate", json={"prompt": PROMPT, **knobs}).json()
+    whole = embedded.post("/generate", json={"prompt": PROMPT, **knobs,
+                                             "stop_at_eos": False}).json()
+    v1 = embedded.post("/v1/completions", json={"model": "embedded", "prompt": PROMPT,
+                                                **knobs}).json()
+    assert gen["text"] == whole["text"] == v1["choices"][0]["text"] != ""
+    assert gen["nfe"] == v1["unmaskd"]["nfe"] < whole["nfe"]
+
+
+def test_a_policy_outside_its_block_setting_decodes_with_a_warning(engine, tiny_model_dir):
+    """Legitimate (docs/BENCHMARKS.md runs a full-diffusion policy in blocks of 12), but off
+    the setting the policy learned: the answer says so, naming the field."""
+    STORE.add(Policy("full16", PolicyNet(), {"block_length": 16, "gen_length": 16}))
+    STORE.add(Policy("block8", PolicyNet(), {"block_length": 8, "gen_length": 16}))
+    app = create_app(ServerSettings(model=tiny_model_dir), engine)
+    try:
+        with TestClient(app) as tc:
+            def warnings(policy: str, block_length: int, path: str = "/generate") -> list[str]:
+                body = {"prompt": PROMPT, "sampler": "learned", "max_new_tokens": 16,
+                        "block_length": block_length, "sampler_params": {"policy": policy}}
+                if path == "/generate":
+                    r = tc.post(path, json=body)
+                    assert r.status_code == 200, r.text
+                    return r.json()["warnings"]
+                body["max_tokens"] = body.pop("max_new_tokens")
+                body["model"] = tc.get("/v1/models").json()["data"][0]["id"]
+                r = tc.post(path, json=body)
+                assert r.status_code == 200, r.text
+                return r.json()["unmaskd"]["warnings"]
+
+            assert warnings("full16", 16) == warnings("block8", 8) == []
+            assert warnings("full16", 8) == [
+                "sampler_params.policy: 'full16' was trained for full diffusion and decodes "
+                "here in blocks of 8, outside the setting it learned"]
+            assert warnings("block8", 16, "/v1/completions") == [
+                "sampler_params.policy: 'block8' was trained for blocks of 8 and decodes here "
+                "in full diffusion, outside the setting it learned"]
+            assert warnings("block8", 4)[0].endswith("blocks of 8 and decodes here in blocks "
+                                                     "of 4, outside the setting it learned")
+    finally:
+        STORE.remove("full16")
+        STORE.remove("block8")
+
+
+# ---- readiness: one real decode before listening -------------------------------------------------
+def test_serve_decodes_once_before_it_listens(tiny_model_dir, monkeypatch):
+    steps_at_listen: list[int] = []
+    steps = [0]
+    real_step = Engine.step
+
+    def counting_step(self):
+        steps[0] += 1
+        return real_step(self)
+
+    monkeypatch.setattr(Engine, "step", counting_step)
+    monkeypatch.setattr(DrainingServer, "run", lambda self: steps_at_listen.append(steps[0]))
+    assert serve_main(["--model", str(tiny_model_dir), "--port", "0"]) == 0
+    assert steps_at_listen and steps_at_listen[0] > 0  # /health could not answer before
+
+
+def test_serve_exits_with_one_line_when_the_model_cannot_decode(tiny_model_dir, monkeypatch,
+                                                                 capsys):
+    def broken_step(self):
+        raise IndexError("index 99999 is out of bounds for dimension 2 with size 512\nmore")
+
+    listened: list[bool] = []
+    monkeypatch.setattr(Engine, "step", broken_step)
+    monkeypatch.setattr(DrainingServer, "run", lambda self: listened.append(True))
+    assert serve_main(["--model", str(tiny_model_dir), "--port", "0"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert errors == [f"error: the model from {tiny_model_dir} loaded but cannot decode: "
+                      "IndexError: index 99999 is out of bounds for dimension 2 with size 512"]
+    assert not listened
+
+
+def test_a_mask_token_id_the_model_cannot_use_stops_serve_with_one_line(long_model_dir):
+    """It loads, but no request could decode: the server never says it is healthy."""
+    run = subprocess.run([sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model",
+                          str(long_model_dir), "--port", str(free_port()), "--threads", "1",
+                          "--mask-token-id", "99999"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert [line for line in run.stderr.splitlines() if line.startswith("error:")], run.stderr
+    assert len([line for line in run.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert "Traceback" not in run.stderr and "Uvicorn running" not in run.stderr
+
+
 # ---- shutdown ------------------------------------------------------------------------------------
 def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
     srv = launch_server(env={"UNMASKD_SHUTDOWN_TIMEOUT": "4"})
@@ -726,7 +943,8 @@ def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
     sent = time.monotonic()
     os.kill(srv.proc.pid, signal.SIGTERM)
     assert wait_for(lambda: httpx.get(srv.url + "/health").status_code == 503, 2)
-    assert httpx.post(srv.url + "/generate", json={"prompt": PROMPT}).status_code == 503
+    refused = httpx.post(srv.url + "/generate", json={"prompt": PROMPT})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "10"
     for t in threads:
         t.join(30)
     assert srv.proc.wait(20) == 0, srv.log()
@@ -735,3 +953,4 @@ def test_sigterm_drains_in_flight_requests_then_exits(launch_server):
     final = json.loads(events[-2][len("data: "):])
     assert final["finish_reason"] in ("stop", "length") and final["nfe"] == 16
     assert results["long"].status_code == 503 and "shut down" in results["long"].json()["detail"]
+    assert results["long"].headers["retry-after"] == "10"
