@@ -36,7 +36,8 @@ from unmaskd.sampler_plugins.policy_store import (
 )
 
 SGLANG_KEYS = frozenset({"block_size", "capture_input_preparation"})  # SGLang's own
-LEARNED_KEYS = ("policy", "beta", "policy_temperature", "mode", "allow_other_model")
+LEARNED_KEYS = ("policy", "beta", "policy_temperature", "mode", "allow_other_model",
+                "gen_length", "steps_per_block", "seed")
 
 
 class AlgorithmConfigError(ValueError):
@@ -108,10 +109,10 @@ def parse_learned(raw_config: dict, block_size: int, model_dir: str | None) -> S
     that `policy: NAME` and the default may pick)."""
     algorithm = "UnmaskdLearned"
     raw = {k: v for k, v in raw_config.items() if k not in SGLANG_KEYS}
-    unknown = sorted(set(raw) - {*LEARNED_KEYS, "steps_per_block", "seed", "gen_length"})
+    unknown = sorted(set(raw) - set(LEARNED_KEYS))
     if unknown:
-        raise AlgorithmConfigError(algorithm, unknown[0], "unknown field; allowed: "
-                                   f"{', '.join((*LEARNED_KEYS, 'gen_length', 'steps_per_block', 'seed'))}")
+        raise AlgorithmConfigError(algorithm, unknown[0],
+                                   f"unknown field; allowed: {', '.join(LEARNED_KEYS)}")
     steps = _int_field(algorithm, raw, "steps_per_block", block_size, 1, block_size)
     seed = _int_field(algorithm, raw, "seed", 0, 0)
     gen_length = (_int_field(algorithm, raw, "gen_length", 0, 1) if "gen_length" in raw
