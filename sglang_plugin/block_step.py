@@ -122,7 +122,7 @@ class BlockStepper:
         if setup.sampler_cls.full_canvas:  # earlier blocks: their latest statistics
             for r, t in enumerate(tracks):
                 if t.token is not None:
-                    k = min(t.token.shape[0], first[r])
+                    k = max(0, min(t.token.shape[0], first[r]))
                     grids[0][r, :k] = t.token[:k]
                     for g, s in zip(grids[1:], t.stats):
                         g[r, :k] = s[:k]
