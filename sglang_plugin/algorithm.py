@@ -18,7 +18,6 @@ from sglang.srt.dllm.config import DllmConfig
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
 from unmaskd.sglang_plugin.block_step import BlockStepper
 from unmaskd.sglang_plugin.config import (
-    SGLANG_KEYS,
     AlgorithmConfigError,
     SamplerSetup,
     parse_learned,
@@ -122,4 +121,4 @@ class UnmaskdLearned(_UnmaskdAlgorithm):
 
 
 ALGORITHMS = (Unmaskd, UnmaskdLearned)
-__all__ = ["ALGORITHMS", "SGLANG_KEYS", "Unmaskd", "UnmaskdLearned"]
+__all__ = ["ALGORITHMS", "Unmaskd", "UnmaskdLearned"]

@@ -77,9 +77,12 @@ class BackendRunner:
 def sglang_decode(algo, runner: BackendRunner, requests: dict[str, tuple[list[int], int]],
                   explicit_prompt_mask: bool = False) -> dict[str, list[int]]:
     """Each request (rid -> (prompt, max_new_tokens)) block by block through algo.run, all
-    unfinished ones in one batch per round, as SGLang's scheduler sends them."""
+    unfinished ones in one batch per round, as SGLang's scheduler sends them. In SGLang's
+    first-done-first-out mode (`--dllm-fdfo`) a round is one step: an unfinished block comes
+    back as the next round's block, with its step state, until its step reports it done."""
     B, mask_id = algo.block_size, algo.mask_id
     out = {rid: [] for rid in requests}
+    pending: dict[str, tuple[list[int], object]] = {}  # fdfo: rid -> (its block, its state)
     active = list(requests)
     while active:
         ids, starts = [], []
@@ -87,7 +90,8 @@ def sglang_decode(algo, runner: BackendRunner, requests: dict[str, tuple[list[in
             seq = requests[rid][0] + out[rid]
             start = len(seq) // B * B
             runner.context[rid] = seq[:start]
-            ids += seq[start:] + [mask_id] * (start + B - len(seq))
+            block = seq[start:] + [mask_id] * (start + B - len(seq))
+            ids += pending[rid][0] if rid in pending else block
             starts.append(start)
         n = len(active)
         positions = torch.tensor([s + j for s in starts for j in range(B)])
@@ -99,9 +103,17 @@ def sglang_decode(algo, runner: BackendRunner, requests: dict[str, tuple[list[in
             positions=positions, rids=list(active),
             dllm_prompt_mask=(positions.view(n, B) < prompt_lens[:, None]
                               if explicit_prompt_mask else None))
-        _, new_ids, _, _, _ = algo.run(runner, batch)
-        for rid, new in zip(active, new_ids):
-            out[rid] += new.tolist()
+        states = [pending[rid][1] if rid in pending else None for rid in active]
+        _, new_ids, accepted, states, _ = algo.run(runner, batch, states)
+        for i, (rid, new) in enumerate(zip(active, new_ids)):
+            if accepted is None:  # the synchronous loop: the block's answer positions
+                out[rid] += new.tolist()
+            elif accepted[i] == B:  # fdfo: the whole block, its answer positions kept
+                pending.pop(rid, None)
+                out[rid] += new[len(requests[rid][0]) - starts[i]:] if (
+                    starts[i] < len(requests[rid][0])) else new
+            else:
+                pending[rid] = (new, states[i])
         active = [rid for rid in active if len(out[rid]) < requests[rid][1]]
     return out
 
@@ -122,10 +134,11 @@ def served(monkeypatch):
     return serve
 
 
-def build(name: str, config: dict, block_size: int, mask_id: int):
+def build(name: str, config: dict, block_size: int, mask_id: int, fdfo: bool = False):
     cls = get_algorithm_cls(name)
     return cls(DllmConfig(algorithm=name, algorithm_config=config, block_size=block_size,
-                          mask_id=mask_id, max_running_requests=8))
+                          mask_id=mask_id, max_running_requests=8,
+                          first_done_first_out_mode=fdfo))
 
 
 def test_load_plugins_finds_the_entry_point(plugins_loaded):
@@ -188,9 +201,10 @@ def test_sglang_loop_decodes_as_the_engine(plugins_loaded, served, family, case,
         check(sglang_decode(algo, runner, {rid: (ids, res.gen_length)}), runner)
         assert runner.forwards == res.nfe + n_blocks
     # Together in one batch (ragged prompts: rows at different blocks and offsets), once with
-    # SGLang's explicit prompt mask (sent when a prompt holds a literal mask id).
-    for explicit in (False, True):
-        algo = build(name, config, B, mask_id)
+    # SGLang's explicit prompt mask (sent when a prompt holds a literal mask id), once in its
+    # first-done-first-out mode (a block leaves the batch as soon as it is done).
+    for explicit, fdfo in ((False, False), (True, False), (False, True)):
+        algo = build(name, config, B, mask_id, fdfo)
         runner = BackendRunner(model, B, mask_id)
         batch = {rid: (ids, res.gen_length) for rid, (ids, res, _) in wanted.items()}
         check(sglang_decode(algo, runner, batch, explicit_prompt_mask=explicit), runner)
