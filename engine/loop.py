@@ -45,6 +45,29 @@ def mix(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
     return (a * _MIX) ^ b
 
 
+def step_rng_keys(seed_keys: torch.Tensor, nfe: torch.Tensor) -> torch.Tensor:
+    """Each row's RNG key for one step, from its request seed and the steps it has done: the
+    samplers' draws (random order, policy draws) never depend on the batch."""
+    return mix(mix(seed_keys, nfe), 0x2545F491)
+
+
+def enforce_invariants(commit: torch.Tensor, candidate: torch.Tensor, prob: torch.Tensor,
+                       step_in_block: torch.Tensor, steps_per_block: torch.Tensor
+                       ) -> torch.Tensor:
+    """The invariants every sampler's choice is held to, whatever it returned ([n, W] bool):
+    only candidates, at least one per step (the most confident), and everything left in the
+    block at its last allowed step. Also applied by the SGLang adapter (unmaskd.sglang_plugin),
+    so both loops commit by one rule."""
+    commit = commit & candidate
+    # At least one per step: the most confident candidate.
+    best = prob.masked_fill(~candidate, -1.0).argmax(-1, keepdim=True)
+    none = ~commit.any(-1, keepdim=True) & candidate.any(-1, keepdim=True)
+    commit = commit | (none & torch.zeros_like(commit).scatter_(-1, best, True))
+    # Last allowed step of the block: commit everything left in it.
+    last = (step_in_block + 1 >= steps_per_block)[:, None]
+    return commit | (last & candidate)
+
+
 @dataclass
 class Sequence:
     """One request's state. Its canvas lives in the batch tensors while it is active."""
@@ -332,7 +355,7 @@ class Engine:
         rows, cols, logits = self._gather(parts, wanted & fresh)
         in_block = in_block_host.to(dev)
         candidate = masked & in_block
-        step_keys = mix(mix(self.seed_keys, nfe), 0x2545F491)  # per request and step
+        step_keys = step_rng_keys(self.seed_keys, nfe)
         # A sampler may have the kernel apply its input layer too (the learned policy); one
         # sampler per step gets it, in the same pass over the logits. Not with a cache: some
         # of its statistics are then kept from earlier steps, not computed in this pass.
@@ -406,15 +429,7 @@ class Engine:
                           self.cache_bytes)
 
     def _enforce(self, commit, candidate, prob, step_in_block) -> torch.Tensor:
-        """The invariants, whatever the sampler returned."""
-        commit = commit & candidate
-        # At least one per step: the most confident candidate.
-        best = prob.masked_fill(~candidate, -1.0).argmax(-1, keepdim=True)
-        none = ~commit.any(-1, keepdim=True) & candidate.any(-1, keepdim=True)
-        commit = commit | (none & torch.zeros_like(commit).scatter_(-1, best, True))
-        # Last allowed step of the block: commit everything left in it.
-        last = (step_in_block + 1 >= self.steps_per_block)[:, None]
-        return commit | (last & candidate)
+        return enforce_invariants(commit, candidate, prob, step_in_block, self.steps_per_block)
 
     def _stop_at_eos(self, canvas, nfe, block_done: torch.Tensor | None = None):
         """With stop_at_eos, once everything before the first committed EOS is decided (and, if

@@ -367,6 +367,10 @@ def test_readme_command(cmd: Command, request, tiny_models, workdir):
         return check_ci_run()
     if words[:2] == ["docker", "compose"] or prog == "docker-compose":
         return check_compose(cmd, words[2:] if prog == "docker" else words[1:])
+    if words[:2] == ["pip", "install"]:
+        return check_pip_extra(cmd, words[2:])
+    if words[:2] == ["sglang", "serve"]:
+        return check_sglang_serve(cmd, words[2:])
     pytest.fail(f"README.md:{cmd.line}: {cmd.text!r} is neither run nor classified by "
                 f"tests/test_readme_commands.py; add a rule for {prog!r}")
 
@@ -497,6 +501,32 @@ def check_compose(cmd: Command, args: list[str]) -> None:
     assert f"def {check}(" in deploy_tests, f"tests/test_deploy.py has no {check}"
     pytest.skip(f"{cmd}: validated by tests/test_deploy.py::{check} (`docker-compose config` of "
                 "the same file); starting the stack needs a Docker engine")
+
+
+def check_pip_extra(cmd: Command, args: list[str]) -> None:
+    """`pip install 'unmaskd[EXTRA]'`: the extra is pyproject.toml's (installing it fetches
+    sglang's CUDA stack; `make sglang-env` installs what its tests need)."""
+    import tomllib
+
+    (spec,) = args
+    m = re.fullmatch(r"unmaskd\[(\w+)\]", spec)
+    assert m, f"README.md:{cmd.line}: {cmd.text!r}: only unmaskd's extras are checked here"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert m.group(1) in extras, f"README.md:{cmd.line}: pyproject.toml has no extra {spec}"
+    pytest.skip(f"{cmd}: the extra exists; installing it fetches sglang's CUDA dependencies")
+
+
+def check_sglang_serve(cmd: Command, args: list[str]) -> None:
+    """`sglang serve ... --dllm-algorithm NAME`: NAME is one the plug-in registers; serving
+    needs a GPU, so tests/test_sglang_plugin.py runs the algorithms in SGLang's loop instead."""
+    from unmaskd.sglang_plugin import ALGORITHM_NAMES
+
+    algorithm = flag_value(args, "--dllm-algorithm")
+    assert algorithm in ALGORITHM_NAMES, f"README.md:{cmd.line}: {algorithm!r}"
+    assert flag_value(args, "--model-path") is not None, cmd.text
+    pytest.skip(f"{cmd}: needs SGLang on a GPU (tests/test_sglang_plugin.py runs the "
+                "algorithm in SGLang's own loop on CPU)")
 
 
 def test_llada_folder_needs_the_mask_flag(tiny_models):
