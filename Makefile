@@ -12,7 +12,7 @@ $(BIN)/unmaskd: pyproject.toml
 
 install: $(BIN)/unmaskd
 
-# The SGLang plug-in (sglang_plugin/) is tested against the real sglang package, in an
+# The SGLang plug-in (engine/sglang_plugin/) is tested against the real sglang package, in an
 # environment of its own: sglang 0.5.23 imports torchvision, whose PyPI build needs torch 2.14.1
 # (a CUDA build that imports without a GPU), not the main venv's torch 2.13.0 CPU build. sglang
 # goes in without its dependencies (CUDA kernels, flashinfer, ...): these are the packages its

@@ -520,7 +520,7 @@ def check_pip_extra(cmd: Command, args: list[str]) -> None:
 def check_sglang_serve(cmd: Command, args: list[str]) -> None:
     """`sglang serve ... --dllm-algorithm NAME`: NAME is one the plug-in registers; serving
     needs a GPU, so tests/test_sglang_plugin.py runs the algorithms in SGLang's loop instead."""
-    from unmaskd.sglang_plugin import ALGORITHM_NAMES
+    from unmaskd.engine.sglang_plugin import ALGORITHM_NAMES
 
     algorithm = flag_value(args, "--dllm-algorithm")
     assert algorithm in ALGORITHM_NAMES, f"README.md:{cmd.line}: {algorithm!r}"

@@ -145,7 +145,7 @@ def test_load_plugins_finds_the_entry_point(plugins_loaded):
     from importlib.metadata import entry_points
 
     (ep,) = [ep for ep in entry_points(group="sglang.srt.plugins") if ep.name == "unmaskd"]
-    assert ep.value == "unmaskd.sglang_plugin:register"
+    assert ep.value == "unmaskd.engine.sglang_plugin:register"
     assert get_algorithm_cls("Unmaskd").__name__ == "Unmaskd"
     assert get_algorithm_cls("UnmaskdLearned").__name__ == "UnmaskdLearned"
     assert get_algorithm_cls("Unmaskd").supported_architectures == (
@@ -285,7 +285,7 @@ def test_full_diffusion_policy_is_refused_with_the_reason(plugins_loaded, tiny_s
 
 
 def test_another_sglang_version_is_refused(plugins_loaded, monkeypatch, tiny_sdar_dir, tmp_path):
-    import unmaskd.sglang_plugin as plugin
+    import unmaskd.engine.sglang_plugin as plugin
 
     monkeypatch.setattr(plugin, "installed_sglang_version", lambda: "0.5.22")
     for name in ("Unmaskd", "UnmaskdLearned"):

@@ -16,8 +16,8 @@ import yaml
 from sglang.srt.dllm.algorithm.base import DllmAlgorithm
 from sglang.srt.dllm.config import DllmConfig
 from sglang.srt.model_executor.forward_batch_info import ForwardBatch
-from unmaskd.sglang_plugin.block_step import BlockStepper
-from unmaskd.sglang_plugin.config import (
+from unmaskd.engine.sglang_plugin.block_step import BlockStepper
+from unmaskd.engine.sglang_plugin.config import (
     AlgorithmConfigError,
     SamplerSetup,
     parse_learned,

@@ -27,7 +27,7 @@ import torch
 from unmaskd.engine.loop import enforce_invariants, step_rng_keys
 from unmaskd.kernels import confidence_stats
 from unmaskd.sampler_plugins import StepView
-from unmaskd.sglang_plugin.config import SamplerSetup
+from unmaskd.engine.sglang_plugin.config import SamplerSetup
 
 STAT_NAMES = ("prob", "top1", "top2", "entropy")
 

@@ -40,7 +40,7 @@ def register() -> None:
         log.error(reason)
         classes = {name: _refusal(name, reason) for name in ALGORITHM_NAMES}
     else:
-        from unmaskd.sglang_plugin.algorithm import ALGORITHMS
+        from unmaskd.engine.sglang_plugin.algorithm import ALGORITHMS
 
         classes = {cls.name: cls for cls in ALGORITHMS}
     registry = getattr(table, "algo_name_to_cls", None)
