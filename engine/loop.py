@@ -56,8 +56,8 @@ def enforce_invariants(commit: torch.Tensor, candidate: torch.Tensor, prob: torc
                        ) -> torch.Tensor:
     """The invariants every sampler's choice is held to, whatever it returned ([n, W] bool):
     only candidates, at least one per step (the most confident), and everything left in the
-    block at its last allowed step. Also applied by the SGLang adapter (unmaskd.engine.sglang_plugin),
-    so both loops commit by one rule."""
+    block at its last allowed step. Also applied by the SGLang adapter
+    (unmaskd.engine.sglang_plugin), so both loops commit by one rule."""
     commit = commit & candidate
     # At least one per step: the most confident candidate.
     best = prob.masked_fill(~candidate, -1.0).argmax(-1, keepdim=True)
