@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 from unmaskd.engine.loop import enforce_invariants, step_rng_keys
+from unmaskd.engine.sglang_plugin.config import SamplerSetup
 from unmaskd.kernels import confidence_stats
 from unmaskd.sampler_plugins import StepView
-from unmaskd.engine.sglang_plugin.config import SamplerSetup
 
 STAT_NAMES = ("prob", "top1", "top2", "entropy")
 
