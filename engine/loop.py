@@ -189,7 +189,8 @@ class Engine:
                               f"is refused: {e}") from None
         except Exception as e:  # whatever the forward, the sampler or the tokenizer raised
             self.abort_all()
-            raise ConfigError(f"the model loads but cannot decode: {type(e).__name__}: {e}"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ConfigError(f"the model loads but cannot decode: {type(e).__name__}: {first}"
                               ) from None
         return result
 

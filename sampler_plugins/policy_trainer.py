@@ -12,7 +12,8 @@ rollout batch, each over at most --loss-steps recorded steps (a uniform sample; 
 record thousands); no KL term. Rollouts record each step's policy inputs and actions, so the
 loss needs no second dLLM pass.
 
-Dynamic sampling (DAPO; `--resample-rounds R`): a group whose rewards are all equal has zero
+Dynamic sampling (DAPO; `--resample-rounds R`, off by default): a group whose rewards are all
+equal has zero
 advantage everywhere and teaches nothing, so before the optimiser step it is replaced by a fresh
 prompt's group, for up to R rounds; groups still uniform after the last round are kept and add
 nothing (the paper's skip). On a weak model most groups are all wrong (76-80% of them for
@@ -129,9 +130,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts-per-step", type=int, default=16, help="per rank")
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--mu", type=int, default=2, help="optimisation passes per rollout batch")
-    ap.add_argument("--resample-rounds", type=int, default=3,
+    ap.add_argument("--resample-rounds", type=int, default=0,
                     help="dynamic sampling: rounds of replacing groups whose rewards are all "
-                         "equal with fresh prompts' groups before the optimiser step (0: off)")
+                         "equal with fresh prompts' groups before the optimiser step (0, the "
+                         "default: off, such groups are skipped as in the paper)")
     ap.add_argument("--policy-temperature", type=float, default=1.0,
                     help="tau_pi of the rollouts and the loss (the paper: 0.5 for blocks of 32, "
                          "1.0 for full diffusion); serving keeps its own default")

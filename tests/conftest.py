@@ -35,6 +35,17 @@ torch.set_num_threads(int(os.environ.get("UNMASKD_TEST_THREADS", "1")))
 os.environ["UNMASKD_CACHE_DIR"] = tempfile.mkdtemp(prefix="unmaskd-test-cache-")
 
 
+@pytest.fixture(autouse=True)
+def _policy_store_restored() -> Iterator[None]:
+    """The learned sampler's store is process-wide: whatever a test loads into it (an in-process
+    `serve` loads the shipped model's policies) is gone before the next test in the worker."""
+    from unmaskd.sampler_plugins.policy_store import STORE
+
+    saved = (dict(STORE.policies), dict(STORE.skipped), dict(STORE.other_model))
+    yield
+    STORE.policies, STORE.skipped, STORE.other_model = saved
+
+
 def build_tiny_model(out: Path, d_model: int = 32, n_layers: int = 1, seed: int = 0,
                      max_sequence_length: int | None = None) -> Path:
     from unmaskd.dllm.checkpoint import save_dllm

@@ -893,6 +893,13 @@ def test_serve_exits_with_one_line_when_the_model_cannot_decode(tiny_model_dir, 
     listened: list[bool] = []
     monkeypatch.setattr(Engine, "step", broken_step)
     monkeypatch.setattr(DrainingServer, "run", lambda self: listened.append(True))
+    # the loader's own decode (Engine.self_test, top-k) finds it first, in one line
+    assert serve_main(["--model", str(tiny_model_dir), "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1:] == [
+        f"error: cannot load the model from {tiny_model_dir}: the model loads but cannot "
+        "decode: IndexError: index 99999 is out of bounds for dimension 2 with size 512"]
+    # past it, the server's decode of what a request naming nothing gets (its default sampler)
+    monkeypatch.setattr(Engine, "self_test", lambda self: None)
     assert serve_main(["--model", str(tiny_model_dir), "--port", "0"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
     assert errors == [f"error: the model from {tiny_model_dir} loaded but cannot decode: "

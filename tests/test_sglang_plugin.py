@@ -184,7 +184,7 @@ def test_sglang_loop_decodes_as_the_engine(plugins_loaded, served, family, case,
         n_blocks = (probe.block_offset + probe.gen_length) // B
         (res,) = engine.generate([GenerationRequest(
             ids, sampler, params, gen_length=gen_length, block_length=B,
-            steps=n_blocks * (steps_per_block or B))])
+            steps_per_block=steps_per_block or B)])
         wanted[f"req{i}"] = (ids, res, n_blocks)
 
     def check(got: dict, runner: BackendRunner) -> None:
