@@ -149,7 +149,8 @@ def test_served_over_http(model_dir):
         # (3 blocks of 4 for 8 tokens), "abcd" fills it (2 blocks).
         for prompt, blocks in (("ab", 3), ("abcd", 2)):
             r = client.post("/generate", json={"prompt": prompt, "max_new_tokens": 8,
-                                               "block_length": 4, "steps_per_block": 1})
+                                               "block_length": 4, "steps_per_block": 1,
+                                               "stop_at_eos": False})
             assert r.status_code == 200 and r.json()["nfe"] == blocks, r.text
             r = client.post("/v1/completions", json={
                 "model": model_dir.name, "prompt": prompt, "max_tokens": 8, "block_length": 4,
