@@ -1,0 +1,81 @@
+"""What does a long-form model get wrong? Each wrong answer sorted into one kind (issue 30).
+
+    python bench/longform_failures.py --model runs/dllm-long-v3/model --n 50
+
+Decodes validation problems greedily with top-k confidence at one token per step in blocks of
+32 (256 NFE: the issue's measure of competence) and sorts every wrong answer by its first fault:
+- `arithmetic`: a line `... a op b = c.` whose c is not a op b (the model read the operands and
+  got the result wrong);
+- `too few lines` / `too many lines`: the right steps, stopped early or late (where it ends);
+- `other`: anything else (an operand that is not the previous result, a line for the wrong
+  step, no `####`, ...).
+Results: bench/results/longform-failures.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from unmaskd.engine.loop import Engine
+from unmaskd.engine.sequence import GenerationRequest
+from unmaskd.tasks import longform
+from unmaskd.tasks.arithmetic import apply_op
+
+EQUATION = re.compile(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)\.")
+
+
+def fault(text: str, reference: str) -> str:
+    lines = [ln for ln in text.split("\n") if ln and not ln.startswith("####")]
+    for line in lines:
+        m = EQUATION.search(line)
+        if m is None:
+            return "other"
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        if (op == "/" and (b == 0 or a % b)) or (op != "/" and apply_op(a, op, b) != c) \
+                or (op == "/" and a // b != c):
+            return "arithmetic"
+    expected = reference.count("\n")  # the lines before `#### N`
+    if "####" not in text:
+        return "other"
+    if len(lines) < expected:
+        return "too few lines"
+    if len(lines) > expected:
+        return "too many lines"
+    return "other"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/longform-failures.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    engine = Engine.from_dir(args.model)
+    problems = longform.make_split("validation", args.n)
+    reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "topk_confidence", {},
+                              gen_length=longform.GEN_LENGTH, block_length=32,
+                              steps=longform.GEN_LENGTH) for p in problems]
+    kinds: dict[str, int] = {}
+    correct = 0
+    for p, r in zip(problems, engine.generate(reqs)):
+        if longform.check_answer(r.text, p.value):
+            correct += 1
+        else:
+            kind = fault(r.text, p.answer)
+            kinds[kind] = kinds.get(kind, 0) + 1
+    row = {"model": str(args.model), "n": args.n, "correct": correct,
+           "wrong, by first fault": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+    print(json.dumps(row))
+    results = json.loads(args.out.read_text()) if args.out.exists() else []
+    args.out.write_text(json.dumps([r for r in results if r["model"] != row["model"]] + [row],
+                                   indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
