@@ -16,11 +16,8 @@ digits, copied from the prompt). Results: bench/results/longform-copy-probe.json
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
+from probe_cli import probe_args, save_row
 from unmaskd.dllm.checkpoint import load_dllm, read_task_file
 from unmaskd.tasks import TASKS
 from unmaskd.tasks.arithmetic import NAMES, OBJECTS
@@ -47,13 +44,7 @@ def probe(model, tok, problem, gen_length: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/longform-copy-probe.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = probe_args("bench/results/longform-copy-probe.json", 100)
     model, tok = load_dllm(args.model)
     trained = read_task_file(args.model)  # none: the embedded arithmetic model, the control
     task, gen_length = trained.get("task", "arithmetic"), trained.get("gen_length", 48)
@@ -64,10 +55,7 @@ def main() -> None:
     row = {"model": str(args.model), "task": task, "n": args.n, "chance": {
         "name": 1 / len(NAMES), "object": 1 / len(OBJECTS), "digits": 0.1},
         **{kind: sum(ps) / len(ps) for kind, ps in found.items()}}
-    print(json.dumps(row))
-    results = json.loads(args.out.read_text()) if args.out.exists() else []
-    args.out.write_text(json.dumps([r for r in results if r["model"] != row["model"]] + [row],
-                                   indent=2) + "\n")
+    save_row(args.out, row)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,9 @@ Results: bench/results/longform-failures.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-from pathlib import Path
 
-import torch
+from probe_cli import probe_args, save_row
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.sequence import GenerationRequest
 from unmaskd.tasks import longform
@@ -49,13 +46,7 @@ def fault(text: str, reference: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/longform-failures.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = probe_args("bench/results/longform-failures.json", 50)
     engine = Engine.from_dir(args.model)
     problems = longform.make_split("validation", args.n)
     reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "topk_confidence", {},
@@ -71,10 +62,7 @@ def main() -> None:
             kinds[kind] = kinds.get(kind, 0) + 1
     row = {"model": str(args.model), "n": args.n, "correct": correct,
            "wrong, by first fault": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
-    print(json.dumps(row))
-    results = json.loads(args.out.read_text()) if args.out.exists() else []
-    args.out.write_text(json.dumps([r for r in results if r["model"] != row["model"]] + [row],
-                                   indent=2) + "\n")
+    save_row(args.out, row)
 
 
 if __name__ == "__main__":

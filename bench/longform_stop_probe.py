@@ -16,11 +16,8 @@ instead of knowing it. Results: bench/results/longform-stop-probe.json.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
+from probe_cli import probe_args, save_row
 from unmaskd.dllm.checkpoint import load_dllm, read_task_file
 from unmaskd.tasks import TASKS
 
@@ -48,13 +45,7 @@ def probe(model, tok, problem, gen_length: int) -> dict[str, dict[str, list[bool
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/longform-stop-probe.json"))
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = probe_args("bench/results/longform-stop-probe.json", 100)
     model, tok = load_dllm(args.model)
     gen_length = read_task_file(args.model).get("gen_length", 256)
     hits: dict[str, dict[str, list[bool]]] = {}
@@ -65,10 +56,7 @@ def main() -> None:
     row = {"model": str(args.model), "n": args.n, **{
         f"{context}, after the {kind} line": f"{sum(h)}/{len(h)}"
         for context, kinds in hits.items() for kind, h in kinds.items()}}
-    print(json.dumps(row))
-    results = json.loads(args.out.read_text()) if args.out.exists() else []
-    args.out.write_text(json.dumps([r for r in results if r["model"] != row["model"]] + [row],
-                                   indent=2) + "\n")
+    save_row(args.out, row)
 
 
 if __name__ == "__main__":
