@@ -86,6 +86,22 @@ def encode_pool(tokenizer, problems, eos: int, gen_length: int = SETUPS["arithme
     return prompts, canvases
 
 
+def result_weights(tokenizer, canvases: torch.Tensor, weight: float) -> torch.Tensor:
+    """[n, L] loss weights: `weight` on the digits written after `= ` or `#### ` (each line's
+    result and the final answer), 1 elsewhere. The digits are tokens of their own in this
+    vocabulary, so a result is the run of digit tokens two places after a marker."""
+    vocab = tokenizer.get_vocab()
+    digits = torch.tensor([i for t, i in vocab.items() if t.isdigit()])
+    markers = torch.tensor([vocab[t] for t in ("Ġ=", "####") if t in vocab])
+    is_digit = torch.isin(canvases, digits)
+    after_marker = torch.zeros_like(is_digit)
+    after_marker[:, 2:] = torch.isin(canvases[:, :-2], markers) & (canvases[:, 1:-1] == vocab["Ġ"])
+    is_result = after_marker & is_digit
+    for k in range(1, 3):  # results have up to three digits
+        is_result[:, k:] |= is_result[:, k - 1:-1] & is_digit[:, k:]
+    return torch.where(is_result, weight, 1.0)
+
+
 def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Generator,
                eps: float = 1e-3, prefix_rate: float = 0.0, window: int = 32, eos: int = 0):
     """Left-padded [prompt | canvas] rows with the canvas masked at rate t per row.
@@ -120,21 +136,25 @@ def make_batch(prompts, canvases, idx, mask_id: int, pad_id: int, gen: torch.Gen
     return ids, attn, target, masked
 
 
-def batch_loss_backward(model, ids, attn, target, masked, micro_batches: int) -> torch.Tensor:
-    """Backward of the mean masked-token cross-entropy over the whole batch, computed as
+def batch_loss_backward(model, ids, attn, target, masked, micro_batches: int,
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Backward of the mean masked-token cross-entropy over the whole batch (weighted by
+    `weight` [B, L] where given), computed as
     `micro_batches` slices of rows sorted by prompt length. Each slice drops the left-padding
     columns that all its rows share (positions come from the attention mask, so the logits do
     not change), so short prompts stop paying for the longest one. The batch stays the random
     draw it was: sorting whole batches by length instead made each batch one difficulty level
     and learned less per second (model card)."""
-    n_masked = masked.sum()
+    weight = torch.ones(target.shape) if weight is None else weight
+    total_weight = weight[masked].sum()
     lengths = attn.sum(1)
     total = torch.zeros(())
     for rows in lengths.argsort().chunk(micro_batches):
         start = ids.shape[1] - int(lengths[rows].max())
         logits = model(ids[rows, start:], attn[rows, start:])[:, -target.shape[1]:]
         m = masked[rows]
-        loss = F.cross_entropy(logits[m], target[rows][m], reduction="sum") / n_masked
+        token_loss = F.cross_entropy(logits[m], target[rows][m], reduction="none")
+        loss = (token_loss * weight[rows][m]).sum() / total_weight
         loss.backward()
         total += loss.detach()
     return total
@@ -184,6 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "padding: 0.78 instead of 0.95 s per step at 4)")
     ap.add_argument("--prefix-rate", type=float, help="share of rows masked as block-wise "
                     "decoding leaves them (clean prefix, masked rest); " + _per_task("prefix_rate"))
+    ap.add_argument("--result-weight", type=float, default=1.0,
+                    help="loss weight of the digits after `=` and `####` (every line's result): "
+                         "long-form models fail on those first (bench/longform_failures.py)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-frac", type=float, default=1.0,
@@ -255,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     if max(map(len, prompts)) + setup.gen_length > cfg.max_sequence_length:
         raise SystemExit(f"a {args.task} prompt + canvas exceeds the {cfg.max_sequence_length}-"
                          "token context: raise its TaskSetup.max_sequence_length")
+    weights = (result_weights(tokenizer, canvases, args.result_weight)
+               if args.result_weight != 1.0 else None)
     step = 0
     if state is not None:  # resume exactly: weights, optimiser, data RNG
         model.load_state_dict(state["model"])
@@ -282,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss = batch_loss_backward(model, ids, attn, target, masked, args.micro_batches)
+        loss = batch_loss_backward(model, ids, attn, target, masked, args.micro_batches,
+                                   None if weights is None else weights[idx])
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1

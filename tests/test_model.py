@@ -221,6 +221,37 @@ def test_prefix_rows_are_masked_as_block_wise_decoding_leaves_a_canvas():
     assert sum(bool((~r[20:]).any()) for r in none) > 190
 
 
+def test_result_weight_marks_every_lines_result_and_weights_the_loss(tiny_model_dir):
+    """--result-weight: the digits after `= ` and `#### ` (and only those) get the weight, and
+    the loss becomes the weighted mean of the masked tokens' cross-entropy."""
+    from tokenizers import Tokenizer
+    from unmaskd.dllm.train import batch_loss_backward, encode_pool, make_batch, result_weights
+    from unmaskd.tasks.arithmetic import make_split
+
+    tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
+    problems = make_split("train", 8)
+    prompts, canvases = encode_pool(tok, problems, 0)
+    weights = result_weights(tok, canvases, 4.0)
+    for p, canvas, w in zip(problems, canvases, weights):
+        marked = tok.decode([i for i, x in zip(canvas.tolist(), w.tolist()) if x == 4.0])
+        results = [ln.rstrip(".").split("= ")[-1].split("#### ")[-1]
+                   for ln in p.answer.split("\n")]
+        assert marked.replace(" ", "") == "".join(results)
+        assert set(w.tolist()) <= {1.0, 4.0}
+
+    model = load_dllm(tiny_model_dir)[0].requires_grad_(True)
+    batch = make_batch(prompts, canvases, torch.arange(8), model.config.mask_token_id,
+                       model.config.pad_token_id, torch.Generator().manual_seed(0))
+    ids, attn, target, masked = batch
+    with torch.no_grad():
+        logits = model(ids, attn)[:, -target.shape[1]:]
+    ce = torch.nn.functional.cross_entropy(logits[masked], target[masked], reduction="none")
+    expected = (ce * weights[masked]).sum() / weights[masked].sum()
+    got = batch_loss_backward(model, *batch, micro_batches=2, weight=weights)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, ce.mean(), atol=1e-4)
+
+
 def test_lr_schedule_warmup_stable_decay_and_decay_to_zero():
     from unmaskd.dllm.train import lr_at
 
