@@ -49,7 +49,7 @@ SETUPS = {
     # the longest worked answer is 40 tokens, the longest prompt 62
     "arithmetic": TaskSetup(48, 12, 128, ("arithmetic",), dict(
         steps=5600, batch_size=128, d_model=192, n_layers=4, val_every=800, val_n=200,
-        prefix_rate=0.0)),
+        prefix_rate=0.0, result_weight=1.0)),
     # answers of 18-100 tokens, prompts up to 84 (the embedded tokenizer); blocks of 32 as in
     # the paper's GSM8K setting. The shipped embedded-long is the embedded model fine-tuned with
     # --init dllm/embedded for 2,000 steps (61 min at 1.2-1.4 s per step, batch 32); these
@@ -57,7 +57,7 @@ SETUPS = {
     # harder version (docs/BENCHMARKS.md) and were not rerun on this one.
     "longform": TaskSetup(256, 32, 512, ("arithmetic", "longform"), dict(
         steps=4500, batch_size=32, d_model=192, n_layers=4, val_every=1125, val_n=50,
-        prefix_rate=0.5)),
+        prefix_rate=0.5, result_weight=4.0)),
 }
 
 
@@ -204,9 +204,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "padding: 0.78 instead of 0.95 s per step at 4)")
     ap.add_argument("--prefix-rate", type=float, help="share of rows masked as block-wise "
                     "decoding leaves them (clean prefix, masked rest); " + _per_task("prefix_rate"))
-    ap.add_argument("--result-weight", type=float, default=1.0,
-                    help="loss weight of the digits after `=` and `####` (every line's result): "
-                         "long-form models fail on those first (bench/longform_failures.py)")
+    ap.add_argument("--result-weight", type=float,
+                    help="loss weight of the digits after `=` and `####` (every line's result), "
+                         "where long-form models fail first (bench/longform_failures.py); "
+                         + _per_task("result_weight"))
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--decay-frac", type=float, default=1.0,
