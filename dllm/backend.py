@@ -12,7 +12,7 @@ predicts column j, as LLaDA; 1: it predicts column j + 1, as Dream's shifted hea
 about the architecture reaches the decoding loop.
 
 One file per family under `unmaskd.dllm`, found by config.json's `model_type` in `FAMILIES`.
-Each exports `MODEL_TYPES`, `WEIGHT_PREFIX` (stripped from checkpoint keys), `config_from_dict(raw,
+Each exports `WEIGHT_PREFIX` (stripped from checkpoint keys), `config_from_dict(raw,
 mask_token_id)` and `Model(config)`; optionally `load_tokenizer(model_dir)` (default:
 AutoTokenizer over tokenizer.json, never remote code). A model whose family decodes the whole
 canvas as one block by default says `default_block_length = "full"`. A family whose special ids

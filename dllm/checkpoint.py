@@ -21,7 +21,6 @@ from safetensors.torch import save_file
 from unmaskd.dllm import backend
 from unmaskd.dllm.backend import ConfigError
 from unmaskd.dllm.llada import WEIGHT_PREFIX, LLaDAModel
-from unmaskd.tasks import TASKS
 
 
 class CheckpointError(ValueError):
@@ -168,7 +167,9 @@ def write_task_file(model_dir: Path, task: str, gen_length: int, block_length: i
 
 def read_task_file(model_dir: str | Path) -> dict:
     """The folder's task record ({} if it has none: a model of no task, or an arithmetic one
-    exported before the file existed); refused, naming the file, if it is malformed."""
+    exported before the file existed); refused, naming the file, if it is malformed. Plain
+    data: the task is a name, checked against the task suites where a suite is looked up
+    (`unmaskd.tasks.get_task`), not here."""
     path = Path(model_dir) / TASK_FILE
     if not path.is_file():
         return {}
@@ -176,10 +177,10 @@ def read_task_file(model_dir: str | Path) -> dict:
         info = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not (isinstance(info, dict) and info.get("task") in TASKS
+    if not (isinstance(info, dict) and isinstance(info.get("task"), str)
             and all(isinstance(info.get(k), int) for k in ("gen_length", "block_length"))):
-        raise CheckpointError(f"{path}: expected task (one of {sorted(TASKS)}), gen_length and "
-                              "block_length")
+        raise CheckpointError(f"{path}: expected task (a task name), gen_length and "
+                              "block_length (integers)")
     return info
 
 

@@ -28,7 +28,6 @@ from torch import nn
 from unmaskd.dllm.backend import ConfigError, KVWriter, build_config, config_kwargs
 from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
 
-MODEL_TYPES = ("Dream",)
 WEIGHT_PREFIX = ""  # the module tree is named as the checkpoint keys
 
 # field -> the only values we implement; anything else is refused, naming the field.

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 from unmaskd.dllm.backend import ConfigError, KVWriter, build_config, config_kwargs
 
-MODEL_TYPES = ("llada",)
 WEIGHT_PREFIX = "model."  # checkpoint keys are model.transformer.*; the module tree starts at
 # transformer
 

@@ -45,7 +45,6 @@ from unmaskd.dllm.backend import (
 from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
 from unmaskd.dllm.sdar import MLP, attention_inputs
 
-MODEL_TYPES = ("llada2_moe",)
 WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
 
 _FIXED = {

@@ -33,7 +33,6 @@ from unmaskd.dllm.backend import (
 )
 from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
 
-MODEL_TYPES = ("sdar",)
 WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
 
 # field -> the only values implemented; anything else is refused by name.

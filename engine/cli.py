@@ -85,10 +85,10 @@ def cmd_generate(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from unmaskd.dllm.checkpoint import CheckpointError, read_task_file
+    from unmaskd.dllm.checkpoint import TASK_FILE, CheckpointError, read_task_file
     from unmaskd.engine.evaluate import run_eval
     from unmaskd.engine.sequence import InvalidRequest
-    from unmaskd.tasks import TASKS
+    from unmaskd.tasks import TASKS, UnknownTask, get_task
     from unmaskd.tasks.jsonl import CHECKERS_HELP, DataError, checker_arg
 
     ap = argparse.ArgumentParser(prog="unmaskd eval")
@@ -127,6 +127,8 @@ def cmd_eval(argv: list[str]) -> int:
         # a folder trained on a task names it and its canvas (dllm/train.py): the defaults,
         # unless --data or another --task asks for other problems
         trained = {} if args.data else read_task_file(args.model)
+        if "task" in trained:  # a name from the folder: one of the suites?
+            get_task(trained["task"], args.model / TASK_FILE)
         if args.task not in (None, trained.get("task")):
             trained = {}  # another task's problems: the model's canvas is not theirs
         gen_length = args.gen_length or trained.get("gen_length")
@@ -135,7 +137,7 @@ def cmd_eval(argv: list[str]) -> int:
         run_eval(engine, args.split or "test", args.n, args.sampler, block_length, gen_length,
                  args.json, args.plot, args.batch_size, data=args.data, checker=args.checker,
                  task=args.task or trained.get("task"))
-    except (InvalidRequest, DataError, CheckpointError) as e:
+    except (InvalidRequest, DataError, CheckpointError, UnknownTask) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, default_block_length
+from unmaskd.engine.stats import wilson_interval
 from unmaskd.tasks import TASKS
 from unmaskd.tasks.arithmetic import check_answer
 from unmaskd.tasks.jsonl import DEFAULT_CHECKER, DataError, load_jsonl, make_checker
@@ -84,15 +84,6 @@ def parse_spec(spec: str) -> list[Config]:
         steps = params.pop("steps", None)
         configs.append(Config(name, params, steps, params.pop("steps_per_block", None)))
     return configs
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def nfe_if_stopped_at_eos(token_ids: list[int], trace: list[int], nfe: int, eos: int) -> int:
@@ -164,7 +155,7 @@ def evaluate_configs(engine: Engine, problems, configs: list[Config], block_leng
         elapsed = time.perf_counter() - t0
         correct = [check(r.text, p.value) for r, p in zip(results, problems)]
         k, n = sum(correct), len(correct)
-        lo, hi = wilson(k, n)
+        lo, hi = wilson_interval(k, n)
         nfe = [r.nfe for r in results]
         nfe_eos = [nfe_if_stopped_at_eos(r.token_ids, r.trace, r.nfe, engine.eos_id)
                    for r in results]

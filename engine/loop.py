@@ -36,18 +36,13 @@ from unmaskd.engine.sequence import (
     validate,
 )
 from unmaskd.kernels import confidence_stats
+from unmaskd.kernels.rng import mix
 from unmaskd.sampler_plugins import Sampler, StepView
-
-_MIX = 0x100000001B3  # FNV-64 prime: cheap wrapping int64 mix for RNG keys
-
-
-def mix(a: torch.Tensor, b: torch.Tensor | int) -> torch.Tensor:
-    return (a * _MIX) ^ b
 
 
 def step_rng_keys(seed_keys: torch.Tensor, nfe: torch.Tensor) -> torch.Tensor:
     """Each row's RNG key for one step, from its request seed and the steps it has done: the
-    samplers' draws (random order, policy draws) never depend on the batch."""
+    samplers' draws (random order, policy draws) never depend on the batch (kernels/rng.py)."""
     return mix(mix(seed_keys, nfe), 0x2545F491)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from pydantic import ValidationError
 from unmaskd.sampler_plugins import Sampler, SamplerParams, get_sampler, registered_samplers
 
@@ -179,12 +178,3 @@ def default_block_length(gen_length: int) -> int:
     """L/4 as LLaDA's semi-autoregressive default, or the largest divisor of L below it, so
     that any canvas length works without the client choosing a block length."""
     return next(b for b in range(max(1, gen_length // 4), 0, -1) if gen_length % b == 0)
-
-
-def mix_seed(*parts: int | torch.Tensor) -> torch.Tensor | int:
-    """Combine integers into one int64 RNG key (a 64-bit multiplicative mix, wrapping)."""
-    key = 0x51ED270B
-    for part in parts:
-        key = (key * 0x100000001B3) ^ part
-        key = key & 0x7FFFFFFFFFFFFFFF if isinstance(key, int) else key
-    return key

@@ -16,7 +16,8 @@ stacks, in the order of `features`, confidence = prob, margin = top1 - top2, ent
 
 Gumbel noise: the ONE definition both paths implement (torch here, Triton in
 triton_confidence.py), so a seed gives the same token on either path and whatever other
-rows share the batch. All arithmetic is on uint32 (here int64 masked to 32 bits):
+rows share the batch. All arithmetic is on uint32 (here int64 masked to 32 bits; fmix32 and
+row_key are in rng.py):
   fmix32(h): h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16
   key   = fmix32(lo(seed) ^ fmix32(hi(seed) ^ 0x9E3779B9))   lo/hi = low/high 32 bits
   h     = fmix32(key ^ (v * 0x9E3779B9))                     v = vocabulary index
@@ -32,8 +33,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-M32 = 0xFFFFFFFF
-GOLDEN = 0x9E3779B9
+from .rng import GOLDEN, M32, fmix32, row_key
+
 CHUNK_BYTES = 256 * 2**20  # largest float64 [rows, V] tile the reference materialises
 
 
@@ -88,20 +89,6 @@ def policy_features(stats, names: Sequence[str]) -> torch.Tensor:
     table = {"confidence": lambda: stats.prob, "margin": lambda: stats.top1 - stats.top2,
              "entropy": lambda: stats.entropy}
     return torch.stack([table[n]().float() for n in names], -1)
-
-
-def fmix32(h: torch.Tensor) -> torch.Tensor:
-    """murmur3's finaliser on int64 tensors holding uint32 values (multiplies wrap, then mask)."""
-    h = h ^ (h >> 16)
-    h = (h * 0x85EBCA6B) & M32
-    h = h ^ (h >> 13)
-    h = (h * 0xC2B2AE35) & M32
-    return h ^ (h >> 16)
-
-
-def row_key(seeds: torch.Tensor) -> torch.Tensor:
-    seeds = seeds.to(torch.int64)
-    return fmix32((seeds & M32) ^ fmix32(((seeds >> 32) & M32) ^ GOLDEN))
 
 
 def gumbel_noise(seeds: torch.Tensor, vocab: int) -> torch.Tensor:

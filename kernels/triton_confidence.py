@@ -41,7 +41,9 @@ G_MAX = tl.constexpr(17.0)  # strict upper bound on the fp32 Gumbel noise (it is
 
 @triton.jit
 def _fmix32(h):
-    # murmur3 finaliser on uint32 (multiplies wrap mod 2^32); same formula as reference.py.
+    # A deliberate copy of unmaskd.kernels.rng.fmix32 (murmur3's finaliser, middle shift 13) on
+    # uint32, where multiplies wrap mod 2^32: the kernel's own, as a Triton function. Change
+    # both or neither; tests/test_kernels.py checks that they agree bit for bit.
     h ^= h >> 16
     h *= 0x85EBCA6B
     h ^= h >> 13
@@ -232,7 +234,7 @@ def _confidence_kernel(x_ptr, stride_n, temp_ptr, seed_ptr,
         seed = tl.load(seed_ptr + rows, mask=row_ok, other=0)
         lo = seed.to(tl.uint32)  # truncation keeps the low 32 bits
         hi = (seed >> 32).to(tl.uint32)
-        key = _fmix32(lo ^ _fmix32(hi ^ 0x9E3779B9))[:, None]
+        key = _fmix32(lo ^ _fmix32(hi ^ 0x9E3779B9))[:, None]  # rng.row_key
 
     span = UNROLL * BLOCK_V
     full = V // span * span

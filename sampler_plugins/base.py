@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from unmaskd.kernels.rng import M32, fmix32
 
 
 class SamplerParams(BaseModel):
@@ -119,13 +120,13 @@ def sorted_prefix_mask(ok_sorted: torch.Tensor, order: torch.Tensor,
 
 
 def counter_uniform(keys: torch.Tensor, width: int) -> torch.Tensor:
-    """Uniforms in (0, 1) of shape [n, width] from per-row int64 keys: a counter-based hash
-    (murmur3's fmix32 over key and column), so a row's draws never depend on its batch."""
+    """Uniforms in (0, 1) of shape [n, width] from per-row int64 keys: a counter-based hash,
+    so a row's draws never depend on its batch. The key's two halves xor-folded, a linear
+    mix with the column, then kernels/rng.py's fmix32 with middle shift 16, not murmur3's 13
+    (the hash these draws have always come from: they decide the random-order sampler's and the
+    learned policy's tokens); the high 24 bits, centred in their bin."""
     cols = torch.arange(width, device=keys.device, dtype=torch.int64)
-    h = (keys[:, None] ^ (keys[:, None] >> 32)) & 0xFFFFFFFF
-    h = (h * 0x9E3779B1 + cols * 0x85EBCA77 + 0x165667B1) & 0xFFFFFFFF
-    for mult in (0x85EBCA6B, 0xC2B2AE35):
-        h = h ^ (h >> 16)
-        h = (h * mult) & 0xFFFFFFFF
-    h = h ^ (h >> 16)
+    h = (keys[:, None] ^ (keys[:, None] >> 32)) & M32
+    h = (h * 0x9E3779B1 + cols * 0x85EBCA77 + 0x165667B1) & M32
+    h = fmix32(h, shift=16)
     return ((h >> 8).double() + 0.5) / float(1 << 24)

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from unmaskd.dllm.checkpoint import read_task_file
+from unmaskd.dllm.checkpoint import TASK_FILE, read_task_file
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.model_args import (
     add_model_args,
@@ -75,7 +75,7 @@ from unmaskd.sampler_plugins.policy_store import (
     model_fingerprint,
     save_policy,
 )
-from unmaskd.tasks import TASKS
+from unmaskd.tasks import TASKS, UnknownTask, get_task
 from unmaskd.tasks.arithmetic import Problem, check_answer
 from unmaskd.tasks.jsonl import (
     CHECKERS_HELP,
@@ -491,7 +491,8 @@ def training_data(args: argparse.Namespace, engine: Engine, n: int
         if args.data is None:
             if args.checker is not None:
                 raise DataError("--checker scores --data files; the built-in task keeps its own")
-            suite = TASKS[args.task or "arithmetic"]
+            # --task is one of the suites (argparse): an unknown name is the folder's
+            suite = get_task(args.task or "arithmetic", Path(args.model) / TASK_FILE)
             return (suite.make_split("train", n), suite.make_split("validation", val_n),
                     suite.check_answer)
         if args.task is not None:
@@ -499,7 +500,7 @@ def training_data(args: argparse.Namespace, engine: Engine, n: int
         checker = args.checker or DEFAULT_CHECKER
         examples = load_jsonl(args.data, engine.tokenizer, checker,
                               engine.cfg.max_sequence_length - args.gen_length)
-    except DataError as e:
+    except (DataError, UnknownTask) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return repeat(examples, n, args.seed), examples[:val_n], make_checker(checker)

@@ -9,10 +9,11 @@ tokens/step, and a score in [0, 1] when the request carried a `reference` answer
 was posted later (feedback overrides).
 
 Statistics are small pure functions: t-based 95% intervals for means, Wilson intervals for
-accuracy, Welch's t-test for latency and NFE, a two-proportion z-test for accuracy (scores from
-feedback may be fractional; their sum stands in for the success count). Every pair of arms is
-compared, without correction for multiple comparisons. Below `min_samples` requests per arm (or
-scored requests, for accuracy) a comparison reports "not enough data yet" instead of numbers.
+accuracy (engine/stats.py, shared with `unmaskd eval`), Welch's t-test for latency and NFE, a
+two-proportion z-test for accuracy (scores from feedback may be fractional; their sum stands in
+for the success count). Every pair of arms is compared, without correction for multiple
+comparisons. Below `min_samples` requests per arm (or scored requests, for accuracy) a comparison
+reports "not enough data yet" instead of numbers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from scipy import stats
 from unmaskd.engine.sequence import InvalidRequest, parse_sampler_params
+from unmaskd.engine.stats import wilson_interval
 from unmaskd.server.protocol import ApiError, check_finite, error_responses
 
 NOT_ENOUGH = "not enough data yet"
@@ -54,16 +56,6 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95
         return mean, None, None
     half = stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
     return mean, float(mean - half), float(mean + half)
-
-
-def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion: sensible at small n and at 0% / 100%."""
-    z = stats.norm.ppf((1 + confidence) / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(center - half), float(center + half)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -60,9 +60,11 @@ from unmaskd.server.serving_generate import (
     CannotDecode,
     GenerationService,
     PolicyLister,
+    ReferenceCheck,
     no_policies,
 )
 from unmaskd.server.settings import ServerSettings, parse_settings
+from unmaskd.tasks import UnknownTask, get_task
 
 log = logging.getLogger("unmaskd.server")
 GENERATION_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
@@ -281,17 +283,30 @@ def _routes() -> APIRouter:
     return router
 
 
+def reference_check(model_dir: Path) -> ReferenceCheck:
+    """What a request's `reference` is scored with: the checker of the task the model folder's
+    unmaskd_task.json names; a folder without one is an arithmetic model (the embedded one).
+    Raises CheckpointError for a malformed file, UnknownTask for a task no suite has."""
+    from unmaskd.dllm.checkpoint import TASK_FILE, read_task_file
+
+    task = read_task_file(model_dir).get("task", "arithmetic")
+    return get_task(task, Path(model_dir) / TASK_FILE).check_answer
+
+
 def create_app(settings: ServerSettings, engine: Engine, ab_config: ABConfig | None = None,
                policies: PolicyLister = no_policies) -> FastAPI:
     """The app around an already-loaded engine. `policies` lists loaded learned policies
-    (dicts of metadata) for GET /samplers and the default-sampler choice."""
+    (dicts of metadata) for GET /samplers and the default-sampler choice. Raises UnknownTask
+    if the model folder names a task no suite has (see `reference_check`)."""
     model_name = Path(settings.model).resolve().name
+    check_reference = reference_check(settings.model)
     metrics = Metrics(model_name)
     metrics.engine.labels(model_name).info({"cache": engine.cache,
                                             "model_type": engine.cfg.model_type})
     scheduler = Scheduler(engine, metrics, settings.max_batch_size, settings.max_queue)
     experiments = Experiments(ab_config or ABConfig(), settings.ab_min_samples)
-    service = GenerationService(engine, scheduler, metrics, experiments, model_name, policies)
+    service = GenerationService(engine, scheduler, metrics, experiments, model_name, policies,
+                                check_reference)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -397,7 +412,11 @@ def serve_main(argv: list[str]) -> int:
         return 2
     log.info("cache %s; learned policies loaded: %s", settings.cache,
              sorted(STORE.policies) or "none")
-    app = create_app(settings, engine, ab_config, policies=STORE.describe)
+    try:
+        app = create_app(settings, engine, ab_config, policies=STORE.describe)
+    except UnknownTask as e:
+        print(f"error: cannot serve the model from {settings.model}: {e}", file=sys.stderr)
+        return 2
     service: GenerationService = app.state.service
     try:  # before uvicorn listens: /health answers only once the model has decoded
         first = service.first_decode()

@@ -184,7 +184,8 @@ class DecodingOptions(BaseModel):
     ab: str | None = Field(None, description="A/B experiment: its arm picks the sampler")
     user: str | None = Field(None, description="stable A/B assignment key")
     reference: int | None = Field(
-        None, description="expected final answer, scored with tasks.arithmetic.check_answer")
+        None, description="expected final answer, scored with the checker of the served model's "
+                          "task (the one its unmaskd_task.json names; arithmetic without one)")
 
     _finite_params = field_validator("sampler_params")(check_finite)
 

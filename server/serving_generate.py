@@ -59,10 +59,11 @@ from unmaskd.server.scheduler import (
     QueueFull,
     Scheduler,
 )
-from unmaskd.tasks.arithmetic import check_answer
 
 log = logging.getLogger(__name__)
 PolicyLister = Callable[[], list[dict[str, Any]]]
+# (text, reference) -> correct?: the served model's task's checker (server/app.py picks it)
+ReferenceCheck = Callable[[str, int], bool]
 # A draining replica's 503s: the readiness probe (deploy/k8s: 2 failures 5 s apart) takes it
 # out of the Service within 10 s, so a retry then reaches another replica.
 DRAIN_RETRY_AFTER = {"Retry-After": "10"}
@@ -106,8 +107,10 @@ class Completed:
 
 class GenerationService:
     def __init__(self, engine: Engine, scheduler: Scheduler, metrics: Metrics,
-                 experiments: Experiments, model_name: str, policies: PolicyLister):
+                 experiments: Experiments, model_name: str, policies: PolicyLister,
+                 check_reference: ReferenceCheck):
         self.engine = engine
+        self.check_reference = check_reference
         self.scheduler = scheduler
         self.metrics = metrics
         self.experiments = experiments
@@ -251,7 +254,7 @@ class GenerationService:
         """Score against the reference answer and record the request in its experiment."""
         res = finished.result
         correct = (None if prepared.reference is None
-                   else check_answer(res.text, prepared.reference))
+                   else self.check_reference(res.text, prepared.reference))
         if prepared.experiment is not None and prepared.arm is not None:
             prepared.experiment.record(prepared.id, Record(
                 prepared.arm, finished.total_s, res.nfe, res.tokens_per_step,

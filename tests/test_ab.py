@@ -23,6 +23,7 @@ import sys
 import httpx
 import pytest
 from scipy import stats
+from unmaskd.engine.stats import wilson_interval
 from unmaskd.server.ab import (
     MAX_EXPERIMENTS,
     NOT_ENOUGH,
@@ -37,7 +38,6 @@ from unmaskd.server.ab import (
     percentile,
     two_proportion_z_test,
     welch_test,
-    wilson_interval,
 )
 from unmaskd.server.protocol import ApiError
 
@@ -67,6 +67,7 @@ def test_wilson_interval_hand_computed():
     assert low == pytest.approx(0.871461 - 0.085063, abs=1e-5)
     assert high == pytest.approx(0.871461 + 0.085063, abs=1e-5)
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1)
+    assert wilson_interval(0, 0) == (0.0, 1.0)  # no data: anything (`unmaskd eval`, n = 0)
 
 
 def test_welch_test_hand_computed():

@@ -99,11 +99,12 @@ def test_rows_report_early_eos_and_short_answers(tiny_model_dir, tmp_path):
 
 def _row(sampler: str, params: dict, nfe: float, correct: int, n: int = 20,
          steps: int = 48) -> dict:
-    from unmaskd.engine.evaluate import Config, wilson
+    from unmaskd.engine.evaluate import Config
+    from unmaskd.engine.stats import wilson_interval
 
     return {"label": Config(sampler, params).label, "sampler": sampler, "params": params,
-            "steps": steps, "n": n, "accuracy": correct / n, "ci95": list(wilson(correct, n)),
-            "mean_nfe": nfe}
+            "steps": steps, "n": n, "accuracy": correct / n,
+            "ci95": list(wilson_interval(correct, n)), "mean_nfe": nfe}
 
 
 def test_the_pareto_plot_labels_points_splits_series_and_draws_intervals():

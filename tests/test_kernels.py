@@ -187,6 +187,25 @@ def test_gumbel_formula():
     assert g.max() < 16.64 and g.min() > -2.82  # the bound the kernel's chunk skipping uses
 
 
+@needs_triton
+def test_triton_fmix32_is_rng_fmix32():
+    """The kernel's _fmix32 is a deliberate copy of kernels/rng.py's fmix32: bit for bit."""
+    import triton
+    import triton.language as tl
+    from unmaskd.kernels.rng import fmix32
+
+    @triton.jit
+    def apply(x_ptr, out_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(out_ptr + i, _tc._fmix32(tl.load(x_ptr + i)))
+
+    x = torch.cat([torch.randint(0, 2**32, (1020,), generator=torch.Generator().manual_seed(4)),
+                   torch.tensor([0, 1, 0x9E3779B9, 2**32 - 1])])
+    out = torch.empty(1024, dtype=torch.uint32)
+    apply[(1,)](x.to(torch.uint32), out, N=1024)
+    assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, fmix32(x))
+
+
 @pytest.mark.parametrize("impl", list(paths()))
 def test_sampling_is_batch_invariant(impl):
     gen = torch.Generator().manual_seed(1)

@@ -692,6 +692,40 @@ def test_a_failing_step_fails_its_batch_and_the_loop_goes_on(engine, tiny_model_
         assert 'status="error"} 1.0' in tc.get("/metrics").text
 
 
+def test_reference_is_scored_with_the_served_models_task(engine, tiny_model_dir, tiny_model_copy,
+                                                         monkeypatch, capsys):
+    """A request's `reference` is scored with the checker of the task the model folder's
+    unmaskd_task.json names, picked once when the app is built; without the file, arithmetic's.
+    A task no suite has stops `serve` with one line naming the file's field."""
+    from unmaskd.dllm.checkpoint import TASK_FILE
+    from unmaskd.engine.sequence import GenerationRequest, SequenceResult
+    from unmaskd.server.scheduler import Finished
+    from unmaskd.server.serving_generate import Prepared
+    from unmaskd.tasks import UnknownTask
+
+    def correct(model_dir: Path, text: str) -> bool | None:
+        service = create_app(ServerSettings(model=model_dir), engine).state.service
+        prepared = Prepared("r", engine.validate(GenerationRequest([1])), 1, None, None, 5, [])
+        result = SequenceResult(0, text, [], 1, 1.0, [1], [], 0.0, "stop")
+        return service.complete(prepared, Finished(result, 0.0, 0.0)).correct
+
+    task_file = tiny_model_copy / TASK_FILE
+    task_file.write_text('{"task": "longform", "gen_length": 16, "block_length": 4}')
+    no_final = "9 - 4 = 5."  # longform wants its '#### N'; arithmetic takes the last number
+    assert correct(tiny_model_copy, no_final + "\n#### 5") is True
+    assert correct(tiny_model_copy, no_final) is False
+    assert correct(tiny_model_dir, no_final) is True
+    assert correct(tiny_model_dir, no_final + "\n#### 6") is False
+
+    task_file.write_text('{"task": "poetry", "gen_length": 16, "block_length": 4}')
+    with pytest.raises(UnknownTask, match="task: 'poetry' is not a known task"):
+        create_app(ServerSettings(model=tiny_model_copy), engine)
+    monkeypatch.setattr(DrainingServer, "run", lambda self: pytest.fail("listened"))
+    assert serve_main(["--model", str(tiny_model_copy), "--port", "0"]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert str(task_file) in line and "'poetry'" in line
+
+
 class Gate(Sampler):
     """Holds the engine thread inside its step until `opened` is set."""
 

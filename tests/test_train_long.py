@@ -88,7 +88,12 @@ def test_malformed_task_file_is_refused_naming_it(runs, tmp_path, capsys):
     for f in (runs[0] / "a/export").iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / TASK_FILE).write_text('{"task": "poetry", "gen_length": 256, "block_length": 32}')
-    with pytest.raises(SystemExit) as stop:  # refused as the model loads: one line, status 2
+    # an unknown task: refused where eval looks its suite up, before any problem: one line
+    assert cli(["eval", "--model", str(folder), "--n", "1", "--sampler", "topk_confidence"]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert TASK_FILE in line and "task: 'poetry' is not a known task" in line
+    (folder / TASK_FILE).write_text('{"task": "longform", "gen_length": "256", "block_length": 32}')
+    with pytest.raises(SystemExit) as stop:  # malformed: refused as the model loads, status 2
         cli(["eval", "--model", str(folder), "--n", "1", "--sampler", "topk_confidence"])
     assert stop.value.code == 2 and TASK_FILE in capsys.readouterr().err
 
