@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 from unmaskd.dllm import EMBEDDED_MODEL_DIR
-from unmaskd.engine.evaluate import evaluate_configs, parse_spec
 from unmaskd.engine.loop import Engine
+from unmaskd.evaluation.evaluate import evaluate_configs, parse_spec
 from unmaskd.tasks.arithmetic import make_split
 
 MODES = ("none", "prefix", "dual")

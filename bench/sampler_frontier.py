@@ -10,10 +10,10 @@ model: arithmetic, 48 in blocks of 12; a long-form model: 256 in blocks of 32) a
 sweep below. Each sampler is swept over its main parameter; every learned policy trained for
 the setting's block length gets a row at its serving defaults (`--specs
 "learned:policy=NAME,beta=1|2" --append` adds dials). Runs through `unmaskd eval`
-(engine/evaluate.py) and writes bench/results/<prefix>frontier-<setting>-<split>.{json,png,md}
+(evaluation/evaluate.py) and writes bench/results/<prefix>frontier-<setting>-<split>.{json,png,md}
 (prefix `longform-` for the long model). `--report` reads both settings' test results and
 writes <prefix>claims.md: learned minus the best heuristic at <= its NFE, and the EOS padding
-each rule commits early (from the commit trace, `early_eos` in engine/evaluate.py).
+each rule commits early (from the commit trace, `early_eos` in evaluation/evaluate.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from unmaskd.dllm import EMBEDDED_MODEL_DIR
 from unmaskd.dllm.checkpoint import read_task_file
-from unmaskd.engine.evaluate import format_table, plot_pareto, run_eval
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.model_args import load_policies
+from unmaskd.evaluation.evaluate import format_table, plot_pareto, run_eval
 from unmaskd.sampler_plugins.policy_store import STORE
 
 # steps must be a multiple of the number of blocks (arithmetic: 4 blocks; longform: 8)

@@ -62,7 +62,7 @@ def start_server(model: Path, max_batch_size: int, threads: int,
     """`unmaskd serve` on a free loopback port; returns once /health answers 200."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model", str(model),
+        [sys.executable, "-m", "unmaskd.cli", "serve", "--model", str(model),
          "--port", str(port),
          "--max-batch-size", str(max_batch_size), "--max-queue", "100000",
          "--threads", str(threads), "--cache", cache],

@@ -29,7 +29,6 @@ model's own `block_size`; a decode with another block length passes its mask thr
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -44,8 +43,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"llada": "unmaskd.dllm.llada", "Dream": "unmaskd.dllm.dream",
-            "sdar": "unmaskd.dllm.sdar", "llada2_moe": "unmaskd.dllm.llada2"}
+# config.json's model_type -> its family file in unmaskd.dllm (family() imports them)
+FAMILIES = {"llada": "llada", "Dream": "dream", "sdar": "sdar", "llada2_moe": "llada2"}
 
 
 class ConfigError(ValueError):
@@ -144,7 +143,12 @@ def family(model_type: object) -> ModuleType:
     if name is None:
         raise ConfigError(f"model_type {model_type!r} is not supported "
                           f"(supported: {', '.join(sorted(FAMILIES))})")
-    return importlib.import_module(name)
+    # Imported here, not at the top (every family file imports this one), and by import
+    # statements, not by name, so that tests/test_layers.py sees what the library imports.
+    from unmaskd.dllm import dream, llada, llada2, sdar
+
+    files = {"llada": llada, "dream": dream, "sdar": sdar, "llada2": llada2}
+    return files[name]
 
 
 def block_causal_bias(q_positions: torch.Tensor, k_positions: torch.Tensor, block_size: int,

@@ -1,4 +1,4 @@
-"""The decoding core: the engine loop, requests and their validation, the KV cache, the CLI."""
+"""The decoding core: the engine loop, requests and their validation, the KV cache."""
 
 from unmaskd.engine.loop import Engine, StepReport
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, SequenceResult

@@ -50,8 +50,8 @@ def build_tiny_model(out: Path, d_model: int = 32, n_layers: int = 1, seed: int 
                      max_sequence_length: int | None = None) -> Path:
     from unmaskd.dllm.checkpoint import save_dllm
     from unmaskd.dllm.llada import LLaDAModel
-    from unmaskd.dllm.tokenizer import train_tokenizer
-    from unmaskd.dllm.train import model_config
+    from unmaskd.training.dllm_trainer import model_config
+    from unmaskd.training.tokenizer import train_tokenizer
 
     tok = train_tokenizer(out, n_problems=2000)
     cfg = model_config(tok, d_model=d_model, n_layers=n_layers)
@@ -137,7 +137,7 @@ def start_server(model_dir: Path, log_dir: Path, *args: str,
     """`unmaskd serve --model DIR --port FREE --threads 1 ARGS`, once /health answers 200."""
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "unmaskd.cli", "serve", "--model", str(model_dir),
            "--port", str(port), "--threads", "1", *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("w") as log:

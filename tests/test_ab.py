@@ -271,7 +271,7 @@ def test_unknown_experiments_and_bad_feedback(client):
 def test_bad_ab_config_stops_startup(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("experiments:\n  x:\n    arms:\n      a: {sampler: nope}\n")
-    proc = subprocess.run([sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model",
+    proc = subprocess.run([sys.executable, "-m", "unmaskd.cli", "serve", "--model",
                            str(tiny_model_dir), "--ab-config", str(bad)],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -11,7 +11,7 @@ import json
 
 import pytest
 from blockdiff_reference import cases, prompts, reference_decode
-from unmaskd.engine.cli import main
+from unmaskd.cli.main import main
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
 
@@ -165,7 +165,7 @@ def test_a_policy_trains_and_serves_on_block_diffusion(tiny_sdar_dir, tmp_path):
     cache) and the policy it writes decodes with `learned`."""
     from unmaskd.engine.model_args import load_policies
     from unmaskd.sampler_plugins.policy_store import STORE
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     train(["--model", str(tiny_sdar_dir), "--out", str(tmp_path / "run"), "--gen-length", "16",
            "--block-length", "4", "--iterations", "1", "--prompts-per-step", "2",

@@ -221,7 +221,7 @@ def test_engine_batched_matches_reference(model_dirs, prompt_ids, reference, cac
 def test_cli_generate_matches_reference(model_dirs, reference, capsys, cache, sampler_args,
                                         steps):
     """`unmaskd generate --cache ... --json` prints the reference's canvas and NFE."""
-    from unmaskd.engine.cli import main
+    from unmaskd.cli.main import main
 
     threshold = float(sampler_args[-1].split("=")[1]) if "threshold" in sampler_args else None
     case = Case(PROMPTS[0], 16, 4, steps, sampler_args[1], threshold)

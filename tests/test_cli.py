@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from unmaskd.engine.cli import main
+from unmaskd.cli.main import main
 
 
 def test_generate_takes_full_block_length_and_refuses_a_bad_one(tiny_model_dir, capsys):

@@ -308,7 +308,8 @@ def test_build_context_is_small_and_complete():
                      "unmaskd.egg-info"):
         assert excluded not in tops, f"{excluded} is in the build context"
     assert "pyproject.toml" in files
-    for pkg in ("server", "dllm", "sampler_plugins", "kernels", "tasks"):
+    for pkg in ("server", "dllm", "sampler_plugins", "kernels", "tasks", "evaluation",
+                "training", "cli"):
         assert f"{pkg}/__init__.py" in files, f"package {pkg} missing from the build context"
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     readme = ROOT / "README.md"

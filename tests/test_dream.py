@@ -239,7 +239,7 @@ def test_tokenizer_from_vocab_and_merges(dream_dir, tmp_path):
 ])
 def test_unsupported_config_is_refused_naming_the_field(dream_dir, tmp_path, capsys, field,
                                                         value):
-    from unmaskd.engine.cli import main
+    from unmaskd.cli.main import main
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -304,7 +304,7 @@ def test_batched_rows_give_dreams_tokens(engine, prompt_ids, reference):
 def test_cli_generate_gives_dreams_tokens(dream_dir, reference, capsys, sampler):
     """`unmaskd generate --model DREAM --sampler S --block-length full --steps 4 --temperature 0
     --json` prints Dream's canvas and NFE (and so does the default block length)."""
-    from unmaskd.engine.cli import main
+    from unmaskd.cli.main import main
 
     case = Case(PROMPTS[0], 12, 4, sampler)
     tokens, nfe, counts = reference(case)
@@ -392,7 +392,7 @@ def test_every_sampler_decodes_dream_alone_as_in_a_batch(engine, prompt_ids):
 def test_eval_runs_a_task_file_on_dream(dream_dir, tmp_path, capsys):
     """`unmaskd eval --data FILE` on Dream: prompts as they are, messages through Dream's chat
     template, one block by default."""
-    from unmaskd.engine.cli import main
+    from unmaskd.cli.main import main
 
     sample = Path(__file__).parent.parent / "tasks/samples/gsm8k_style.jsonl"
     out = tmp_path / "eval.json"
@@ -454,7 +454,7 @@ def test_a_policy_for_another_model_runs_only_when_asked(engine, prompt_ids, dre
 
 def test_train_policy_on_dream_then_decode_with_it(dream_dir, engine, prompt_ids, tmp_path):
     from unmaskd.sampler_plugins.policy_store import STORE, model_fingerprint
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     out = tmp_path / "run"
     train(["--model", str(dream_dir), "--out", str(out), "--gen-length", "8",

@@ -4,9 +4,9 @@ decodes a validation problem right, and its shipped policies belong to it."""
 import json
 
 import pytest
+from unmaskd.cli.main import main
 from unmaskd.dllm import EMBEDDED_LONG_MODEL_DIR
 from unmaskd.dllm.checkpoint import read_task_file
-from unmaskd.engine.cli import main
 from unmaskd.tasks.longform import check_answer, make_split
 
 # a one-step validation problem with a distractor, which the model solves greedily

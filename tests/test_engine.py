@@ -3,8 +3,8 @@
 import pytest
 import torch
 import unmaskd.sampler_plugins.registry as registry
-from unmaskd.engine.evaluate import nfe_if_stopped_at_eos
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
+from unmaskd.evaluation.evaluate import nfe_if_stopped_at_eos
 from unmaskd.sampler_plugins import Sampler, StepView
 from unmaskd.tasks.arithmetic import make_split
 

@@ -4,7 +4,7 @@ keeps every finished configuration if a run stops part way."""
 import json
 
 import pytest
-from unmaskd.engine.cli import main
+from unmaskd.cli.main import main
 from unmaskd.engine.loop import Engine
 
 
@@ -77,7 +77,7 @@ def test_json_keeps_the_finished_configurations_of_an_interrupted_run(tiny_model
 
 
 def test_early_eos_counts_padding_committed_before_the_text_it_ends():
-    from unmaskd.engine.evaluate import early_eos, shorter_than_reference
+    from unmaskd.evaluation.evaluate import early_eos, shorter_than_reference
 
     eos = 9
     # step 0 commits the padding at 2 while 0 and 1 are masked; 3 comes after everything
@@ -99,8 +99,8 @@ def test_rows_report_early_eos_and_short_answers(tiny_model_dir, tmp_path):
 
 def _row(sampler: str, params: dict, nfe: float, correct: int, n: int = 20,
          steps: int = 48) -> dict:
-    from unmaskd.engine.evaluate import Config
     from unmaskd.engine.stats import wilson_interval
+    from unmaskd.evaluation.evaluate import Config
 
     return {"label": Config(sampler, params).label, "sampler": sampler, "params": params,
             "steps": steps, "n": n, "accuracy": correct / n,
@@ -111,7 +111,7 @@ def test_the_pareto_plot_labels_points_splits_series_and_draws_intervals():
     """Read from the matplotlib figure, not its pixels: one line per series (`learned` apart
     from `learned:beta=...`, a grid's second parameter apart), each point labelled with its
     dial, Wilson bars, and a y axis from 0."""
-    from unmaskd.engine.evaluate import pareto_figure
+    from unmaskd.evaluation.evaluate import pareto_figure
 
     rows = [_row("threshold", {"threshold": 0.5}, 3.0, 14),
             _row("threshold", {"threshold": 0.9}, 5.0, 17),
@@ -148,7 +148,7 @@ def test_the_pareto_plot_labels_points_splits_series_and_draws_intervals():
 
 
 def test_the_pareto_plot_of_all_zero_accuracies_stays_at_or_above_zero():
-    from unmaskd.engine.evaluate import pareto_figure
+    from unmaskd.evaluation.evaluate import pareto_figure
 
     rows = [_row("threshold", {"threshold": t}, nfe, 0) for t, nfe in [(0.5, 2.0), (0.9, 4.0)]]
     bottom, top = pareto_figure(rows, "zero").axes[0].get_ylim()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
-from unmaskd.engine.cli import main
+from unmaskd.cli.main import main
 from unmaskd.engine.loop import Engine
 from unmaskd.tasks.jsonl import DataError, Example, load_jsonl, make_checker, repeat
 
@@ -144,7 +144,7 @@ def test_eval_on_the_sample_file_writes_table_json_and_plot(tiny_model_dir, tmp_
 
 
 def test_eval_scores_with_the_chosen_checker(tiny_model_dir, tmp_path, monkeypatch):
-    import unmaskd.engine.evaluate as evaluate
+    import unmaskd.evaluation.evaluate as evaluate
 
     chosen: list[str] = []
 
@@ -182,7 +182,7 @@ def test_eval_refuses_a_malformed_file_in_one_line_before_any_work(tiny_model_di
 
 
 def test_train_policy_trains_on_the_file(tiny_model_dir, tmp_path):
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     seen: list[str] = []
 
@@ -204,7 +204,7 @@ def test_train_policy_trains_on_the_file(tiny_model_dir, tmp_path):
 
 def test_train_policy_refuses_a_malformed_file_before_any_rollout(tiny_model_dir, tmp_path,
                                                                   capsys):
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     path = tmp_path / "data.jsonl"
     path.write_text(f"{GOOD}\nnot json\n")
@@ -219,7 +219,7 @@ def test_train_policy_refuses_a_malformed_file_before_any_rollout(tiny_model_dir
 def test_the_reward_uses_the_checker():
     from types import SimpleNamespace
 
-    from unmaskd.sampler_plugins.policy_trainer import task_reward
+    from unmaskd.training.policy_trainer import task_reward
 
     reward = task_reward(1.0, make_checker("exact"))
     result = SimpleNamespace(text="Paris", nfe=4)

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 from conftest import build_tiny_model, free_port
+from unmaskd.cli.main import main
 from unmaskd.dllm.backend import ConfigError
 from unmaskd.dllm.checkpoint import load_dllm
-from unmaskd.engine.cli import main
 from unmaskd.engine.loop import Engine
 
 
@@ -100,7 +100,7 @@ def test_serve_refuses_to_start_a_model_that_cannot_decode(odd_head_dim_dir):
     """It exits with one error line, never listening, instead of answering /health with ok
     and every request with a 500."""
     run = subprocess.run(
-        [sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model", str(odd_head_dim_dir),
+        [sys.executable, "-m", "unmaskd.cli", "serve", "--model", str(odd_head_dim_dir),
          "--port", str(free_port()), "--threads", "1"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
+from unmaskd.cli.main import main
 from unmaskd.dllm import EMBEDDED_MODEL_DIR
-from unmaskd.dllm.tokenizer import train_tokenizer
-from unmaskd.engine.cli import main
 from unmaskd.engine.loop import Engine
 from unmaskd.tasks import arithmetic
 from unmaskd.tasks.longform import (
@@ -21,6 +20,7 @@ from unmaskd.tasks.longform import (
     is_held_out,
     make_split,
 )
+from unmaskd.training.tokenizer import train_tokenizer
 
 _STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 

@@ -149,7 +149,7 @@ def test_training_is_seed_deterministic_and_resumes_exactly(tmp_path):
     import json
 
     import torch
-    from unmaskd.dllm.train import main as train_dllm
+    from unmaskd.training.dllm_trainer import main as train_dllm
 
     common = ["--steps", "6", "--batch-size", "4", "--d-model", "32", "--n-layers", "1",
               "--pool", "64", "--val-every", "0", "--warmup", "2", "--ckpt-every", "100"]
@@ -174,8 +174,8 @@ def test_length_sorted_micro_batches_give_the_whole_batch_gradient(tiny_model_di
     """Computing a batch in length-sorted slices (each without its shared left padding) is a
     speed-up only: the loss and every gradient match the one-slice computation."""
     from tokenizers import Tokenizer
-    from unmaskd.dllm.train import batch_loss_backward, encode_pool, make_batch
     from unmaskd.tasks.arithmetic import make_split
+    from unmaskd.training.dllm_trainer import batch_loss_backward, encode_pool, make_batch
 
     tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     model = load_dllm(tiny_model_dir)[0].requires_grad_(True)
@@ -199,7 +199,7 @@ def test_prefix_rows_are_masked_as_block_wise_decoding_leaves_a_canvas():
     it and fully masked beyond, with the cut inside the answer or one window past it, so the
     EOS padding that ends the answer is hidden (the model must know where it ends); the other
     rows keep uniform masking."""
-    from unmaskd.dllm.train import make_batch
+    from unmaskd.training.dllm_trainer import make_batch
 
     L, window, eos, mask = 64, 8, 0, 2
     canvases = torch.full((200, L), eos)
@@ -225,8 +225,13 @@ def test_result_weight_marks_every_lines_result_and_weights_the_loss(tiny_model_
     """--result-weight: the digits after `= ` and `#### ` (and only those) get the weight, and
     the loss becomes the weighted mean of the masked tokens' cross-entropy."""
     from tokenizers import Tokenizer
-    from unmaskd.dllm.train import batch_loss_backward, encode_pool, make_batch, result_weights
     from unmaskd.tasks.arithmetic import make_split
+    from unmaskd.training.dllm_trainer import (
+        batch_loss_backward,
+        encode_pool,
+        make_batch,
+        result_weights,
+    )
 
     tok = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     problems = make_split("train", 8)
@@ -253,7 +258,7 @@ def test_result_weight_marks_every_lines_result_and_weights_the_loss(tiny_model_
 
 
 def test_lr_schedule_warmup_stable_decay_and_decay_to_zero():
-    from unmaskd.dllm.train import lr_at
+    from unmaskd.training.dllm_trainer import lr_at
 
     # warmup-stable-decay (the previous recipe): warm-up, constant, then linear decay to 10%
     # over the last half

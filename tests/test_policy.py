@@ -119,7 +119,7 @@ def finish_fast(result, problem, gen_length) -> float:
 
 def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
     """Reward only for finishing fast: the optimum (commit everything at once) is known."""
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "16",
            "--block-length", "full", "--iterations", "12", "--prompts-per-step", "4",
@@ -137,7 +137,7 @@ def test_trainer_improves_a_toy_reward(tiny_model_dir, tmp_path):
 def test_trainer_runs_a_bf16_dllm_with_an_fp32_policy(tiny_model_dir, tmp_path):
     """What a real LLaDA run on a GPU uses (the dLLM in bf16, the policy in fp32), on CPU."""
     from safetensors.torch import load_file
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
            "--block-length", "4", "--iterations", "2", "--prompts-per-step", "2",
@@ -170,7 +170,7 @@ def test_expert_rollouts_follow_the_threshold_rule(tiny_engine, tiny_model_dir):
 
 
 def test_mixture_likelihood_of_expert_steps():
-    from unmaskd.sampler_plugins.policy_trainer import mixture_log_prob
+    from unmaskd.training.policy_trainer import mixture_log_prob
 
     logp = torch.log(torch.tensor([0.2, 0.2]))
     expert = torch.tensor([True, False])
@@ -180,7 +180,7 @@ def test_mixture_likelihood_of_expert_steps():
 
 
 def test_trainer_with_expert_steering_runs(tiny_model_dir, tmp_path):
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     train(["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
            "--block-length", "full", "--iterations", "2", "--prompts-per-step", "2",
@@ -197,7 +197,7 @@ def test_trainer_with_expert_steering_runs(tiny_model_dir, tmp_path):
 
 def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--block-length", "4",
               "--prompts-per-step", "2", "--group-size", "4", "--ckpt-every", "2",
@@ -214,7 +214,7 @@ def test_trainer_resumes_exactly(tiny_model_dir, tmp_path):
 
 
 def test_trainer_refuses_to_resume_with_other_flags(tiny_model_dir, tmp_path):
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--gen-length", "8",
               "--block-length", "4", "--prompts-per-step", "2", "--group-size", "4"]
@@ -228,7 +228,7 @@ def test_trainer_starts_from_an_init_policy(tiny_model_dir, tmp_path):
     """--init: a full-diffusion policy's weights are the block run's starting point (lr 0 keeps
     them); a policy with other inputs is refused naming the flag."""
     from safetensors.torch import load_file
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--prompts-per-step", "2",
               "--group-size", "4"]
@@ -253,7 +253,7 @@ def test_init_from_a_policy_of_another_dllm_starts_from_its_weights(tiny_model_d
     block policies may start from the embedded model's full-diffusion one), said on stderr."""
     from conftest import build_tiny_model
     from safetensors.torch import load_file
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     other = build_tiny_model(tmp_path / "other", seed=1)
     common = ["--gen-length", "8", "--prompts-per-step", "2", "--group-size", "4",
@@ -269,7 +269,7 @@ def test_init_from_a_policy_of_another_dllm_starts_from_its_weights(tiny_model_d
 
 
 def test_loss_sample_keeps_every_step_up_to_the_cap_then_a_seeded_subset():
-    from unmaskd.sampler_plugins.policy_trainer import loss_sample
+    from unmaskd.training.policy_trainer import loss_sample
 
     assert loss_sample(5, 8, seed=1) == [0, 1, 2, 3, 4]
     pick = loss_sample(100, 10, seed=1)
@@ -281,7 +281,7 @@ def test_trainer_with_a_loss_step_cap_runs_and_resumes_exactly(tiny_model_dir, t
     """--loss-steps below the recorded steps: each pass draws its own seeded subset, so a run
     resumed from its checkpoint ends with the same weights as a straight one."""
     from safetensors.torch import load_file
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     common = ["--model", str(tiny_model_dir), "--gen-length", "8", "--prompts-per-step", "2",
               "--group-size", "4", "--loss-steps", "3", "--lr", "0.01", "--ckpt-every", "1"]
@@ -299,7 +299,7 @@ def test_torchrun_two_processes_end_with_identical_weights(tiny_model_dir, tmp_p
     script = tmp_path / "ddp_train.py"
     script.write_text(
         "import sys\n"
-        "from unmaskd.sampler_plugins.policy_trainer import train\n"
+        "from unmaskd.training.policy_trainer import train\n"
         "train(sys.argv[1:], reward_fn=lambda r, p, L: 1.0 - r.nfe / L)\n")
     # --standalone: torchrun's own rendezvous on a free port (no port picked here and then
     # raced for by another process)
@@ -352,7 +352,7 @@ def test_first_grpo_pass_reproduces_the_rollout_likelihood(tiny_engine):
     """The loss recomputes each recorded step's log-likelihood with the trainer's rollout knobs:
     before any update the PPO ratio is exactly 1, so with advantage 1 the loss is -1. (If the
     rollouts used the serving defaults, tau 0.25, the ratio would be off and the loss not -1.)"""
-    from unmaskd.sampler_plugins.policy_trainer import ROLLOUT_KNOBS, grpo_loss
+    from unmaskd.training.policy_trainer import ROLLOUT_KNOBS, grpo_loss
 
     torch.manual_seed(0)
     net = PolicyNet()
@@ -374,7 +374,7 @@ def test_first_grpo_pass_reproduces_the_rollout_likelihood(tiny_engine):
 
 
 def _group(*rewards: float):
-    from unmaskd.sampler_plugins.policy_trainer import Group
+    from unmaskd.training.policy_trainer import Group
 
     return Group(None, [], [], torch.tensor(rewards))
 
@@ -382,7 +382,7 @@ def _group(*rewards: float):
 def test_dynamic_sampling_replaces_groups_without_signal_with_fresh_prompts():
     """DAPO's dynamic sampling: a group whose rewards are all equal is replaced by a fresh
     prompt's group; after the last round the uniform ones left are kept (they add nothing)."""
-    from unmaskd.sampler_plugins.policy_trainer import ProblemStream, sample_groups
+    from unmaskd.training.policy_trainer import ProblemStream, sample_groups
 
     # prompt d's group has signal when d % 3 == 2
     stream = ProblemStream(list(range(100)), rank=0, world=1)
@@ -403,7 +403,7 @@ def test_trainer_logs_replaced_groups_and_resumes_the_problem_stream(tiny_model_
     """A reward without signal on half the prompts: the log shows groups replaced and none left
     without signal; a run resumed from its checkpoint draws the same problems (same weights)."""
     from safetensors.torch import load_file
-    from unmaskd.sampler_plugins.policy_trainer import train
+    from unmaskd.training.policy_trainer import train
 
     def half_uniform(result, problem, L):  # even answers: a reward that tells draws apart
         return 0.0 if problem.value % 2 else 1.0 + len(set(result.trace)) / L + 0.01 * (

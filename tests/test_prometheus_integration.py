@@ -140,7 +140,7 @@ def test_prometheus_matches_clients(tiny_model_dir, tmp_path):
     base, prom_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}"
     server_log, prom_log = tmp_path / "server.log", tmp_path / "prometheus.log"
     exe = Path(sys.executable).parent / "unmaskd"
-    cmd = ([str(exe)] if exe.exists() else [sys.executable, "-m", "unmaskd.engine.cli"]) + [
+    cmd = ([str(exe)] if exe.exists() else [sys.executable, "-m", "unmaskd.cli"]) + [
         "serve", "--model", str(tiny_model_dir), "--port", str(port), "--threads", "1",
         "--max-batch-size", "8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -943,7 +943,7 @@ def test_serve_exits_with_one_line_when_the_model_cannot_decode(tiny_model_dir, 
 
 def test_a_mask_token_id_the_model_cannot_use_stops_serve_with_one_line(long_model_dir):
     """It loads, but no request could decode: the server never says it is healthy."""
-    run = subprocess.run([sys.executable, "-m", "unmaskd.engine.cli", "serve", "--model",
+    run = subprocess.run([sys.executable, "-m", "unmaskd.cli", "serve", "--model",
                           str(long_model_dir), "--port", str(free_port()), "--threads", "1",
                           "--mask-token-id", "99999"],
                          capture_output=True, text=True, timeout=120,

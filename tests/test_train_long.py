@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from unmaskd.dllm import train
+from unmaskd.cli.main import main as cli
 from unmaskd.dllm.checkpoint import TASK_FILE, load_dllm, read_task_file
-from unmaskd.engine.cli import main as cli
 from unmaskd.tasks import arithmetic, longform
+from unmaskd.training import dllm_trainer as train
 
 TINY = ["--task", "longform", "--steps", "4", "--batch-size", "2", "--d-model", "32",
         "--n-layers", "1", "--pool", "16", "--val-every", "4", "--val-n", "2", "--warmup", "2",
@@ -136,7 +136,7 @@ def test_engine_generate_and_server_take_the_folders_canvas(runs, capsys):
 
 
 def test_train_policy_takes_the_folders_task_and_canvas(runs, tmp_path):
-    from unmaskd.sampler_plugins import policy_trainer
+    from unmaskd.training import policy_trainer
 
     out = tmp_path / "p"
     policy_trainer.train(["--model", str(runs[0] / "a/export"), "--out", str(out),

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from unmaskd.dllm.checkpoint import save_dllm, write_task_file
 from unmaskd.dllm.llada import LLaDAConfig, LLaDAModel
-from unmaskd.dllm.tokenizer import train_tokenizer
 from unmaskd.tasks import TASKS
+from unmaskd.training.tokenizer import train_tokenizer
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int, decay_frac: float = 0
 def validate(model_dir: Path, n: int, task: str) -> float:
     """Accuracy with top-k confidence decoding at 1 token/step in the task's blocks (the
     engine)."""
-    from unmaskd.engine.evaluate import (
+    from unmaskd.evaluation.evaluate import (
         evaluate_spec,  # one decoding loop in the project: the engine's
     )
 

@@ -1,7 +1,7 @@
 """GRPO training of the learned unmasking policy against a frozen dLLM (`unmaskd train-policy`).
 
     unmaskd train-policy --out runs/policy-b12 --block-length 12 --alpha 1
-    torchrun --nproc_per_node 2 -m unmaskd.sampler_plugins.policy_trainer \
+    torchrun --nproc_per_node 2 -m unmaskd.training.policy_trainer \
         --out runs/p --block-length 48
 
 As in Jazbec et al. 2026: groups of G rollouts per prompt through the engine (the dLLM greedy,

@@ -1,6 +1,6 @@
 """Train the embedded model's byte-level BPE tokenizer on task corpora (arithmetic by default).
 
-    python -m dllm.tokenizer OUT_DIR
+    python -m unmaskd.training.tokenizer OUT_DIR
 
 Digits are split one per token (so numbers are spelled digit by digit, as in LLaDA's and
 LLaMA-3's tokenizers), and the special tokens match LLaDA's names: `<|mdm_mask|>` (mask),

@@ -1,7 +1,7 @@
 """GPU benchmark of the fused confidence kernel against eager and compiled PyTorch.
 
-    python -m unmaskd.kernels.bench [--json bench.json] [--rows 256 1024 4096 16384]
-                            [--vocab 126464 152064] [--policy-only | --no-policy]
+    python bench/confidence_kernel.py [--json bench.json] [--rows 256 1024 4096 16384]
+                                      [--vocab 126464 152064] [--policy-only | --no-policy]
 
 On CUDA it first checks the Triton kernel against the torch reference on a few shapes and
 on every launch config it times (exit 1 on any failure), then for each bf16 [rows, vocab]:

@@ -25,7 +25,7 @@ from unmaskd.engine.model_args import (
 
 
 def _param(text: str) -> tuple[str, object]:
-    from unmaskd.engine.evaluate import _value
+    from unmaskd.evaluation.evaluate import _value
 
     key, eq, value = text.partition("=")
     if not eq:
@@ -86,8 +86,8 @@ def cmd_generate(argv: list[str]) -> int:
 
 def cmd_eval(argv: list[str]) -> int:
     from unmaskd.dllm.checkpoint import TASK_FILE, CheckpointError, read_task_file
-    from unmaskd.engine.evaluate import run_eval
     from unmaskd.engine.sequence import InvalidRequest
+    from unmaskd.evaluation.evaluate import run_eval
     from unmaskd.tasks import TASKS, UnknownTask, get_task
     from unmaskd.tasks.jsonl import CHECKERS_HELP, DataError, checker_arg
 
@@ -124,8 +124,8 @@ def cmd_eval(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     engine = engine_from_args(args)
     try:
-        # a folder trained on a task names it and its canvas (dllm/train.py): the defaults,
-        # unless --data or another --task asks for other problems
+        # a folder trained on a task names it and its canvas (training/dllm_trainer.py): the
+        # defaults, unless --data or another --task asks for other problems
         trained = {} if args.data else read_task_file(args.model)
         if "task" in trained:  # a name from the folder: one of the suites?
             get_task(trained["task"], args.model / TASK_FILE)
@@ -143,15 +143,34 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+# The server and the trainers are imported when their command runs, not at start-up: `unmaskd
+# generate` need not load FastAPI, and `unmaskd --help` answers at once.
+def cmd_serve(argv: list[str]) -> int:
+    from unmaskd.server.app import serve_main
+
+    return serve_main(argv)
+
+
+def cmd_train_dllm(argv: list[str]) -> int | None:
+    from unmaskd.training.dllm_trainer import main as train_dllm
+
+    return train_dllm(argv)
+
+
+def cmd_train_policy(argv: list[str]) -> int:
+    from unmaskd.training.policy_trainer import main as train_policy
+
+    return train_policy(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
         "generate": cmd_generate,
         "eval": cmd_eval,
-        "serve": lambda a: __import__("unmaskd.server.app", fromlist=["serve_main"]).serve_main(a),
-        "train-dllm": lambda a: __import__("unmaskd.dllm.train", fromlist=["main"]).main(a),
-        "train-policy": lambda a: __import__("unmaskd.sampler_plugins.policy_trainer",
-                                             fromlist=["main"]).main(a),
+        "serve": cmd_serve,
+        "train-dllm": cmd_train_dllm,
+        "train-policy": cmd_train_policy,
     }
     listing = "commands: " + ", ".join(commands)
     if argv and argv[0] in ("-h", "--help"):  # asked for: stdout, status 0, as argparse does
