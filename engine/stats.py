@@ -16,4 +16,7 @@ def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+    # exactly 0 at no successes and 1 at all (rounding would leave 1e-17 off the bound)
+    low = 0.0 if successes <= 0 else max(0.0, center - half)
+    high = 1.0 if successes >= n else min(1.0, center + half)
+    return low, high
