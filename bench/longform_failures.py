@@ -1,6 +1,6 @@
 """What does a long-form model get wrong? Each wrong answer sorted into one kind (issue 30).
 
-    python bench/longform_failures.py --model runs/dllm-long-v3/model --n 50
+    python bench/longform_failures.py --model dllm/embedded-long --n 50 [--cache dual]
 
 Decodes validation problems greedily with top-k confidence at one token per step in blocks of
 32 (256 NFE: the issue's measure of competence) and sorts every wrong answer by its first fault:
@@ -46,8 +46,8 @@ def fault(text: str, reference: str) -> str:
 
 
 def main() -> None:
-    args = probe_args("bench/results/longform-failures.json", 50)
-    engine = Engine.from_dir(args.model)
+    args = probe_args("bench/results/longform-failures.json", 50, cache=True)
+    engine = Engine.from_dir(args.model, cache=args.cache)
     problems = longform.make_split("validation", args.n)
     reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "topk_confidence", {},
                               gen_length=longform.GEN_LENGTH, block_length=32,
@@ -60,7 +60,7 @@ def main() -> None:
         else:
             kind = fault(r.text, p.answer)
             kinds[kind] = kinds.get(kind, 0) + 1
-    row = {"model": str(args.model), "n": args.n, "correct": correct,
+    row = {"model": str(args.model), "n": args.n, "cache": args.cache, "correct": correct,
            "wrong, by first fault": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
     save_row(args.out, row)
 

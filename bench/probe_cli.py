@@ -10,13 +10,17 @@ from pathlib import Path
 import torch
 
 
-def probe_args(default_out: str, default_n: int = 100) -> argparse.Namespace:
-    """--model, --n, --threads, --out; sets torch's threads."""
+def probe_args(default_out: str, default_n: int = 100, cache: bool = False
+               ) -> argparse.Namespace:
+    """--model, --n, --threads, --out (and --cache for probes that decode); sets torch's
+    threads."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--n", type=int, default=default_n)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path(default_out))
+    if cache:
+        ap.add_argument("--cache", choices=["none", "prefix", "dual"], default="none")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     return args

@@ -51,9 +51,9 @@ SETUPS = {
         steps=5600, batch_size=128, d_model=192, n_layers=4, val_every=800, val_n=200,
         prefix_rate=0.0, result_weight=1.0)),
     # answers of 18-100 tokens, prompts up to 84 (the embedded tokenizer); blocks of 32 as in
-    # the paper's GSM8K setting. The shipped embedded-long is the embedded model fine-tuned with
-    # --init dllm/embedded for 2,000 steps (61 min at 1.2-1.4 s per step, batch 32); these
-    # from-scratch defaults (4,500 steps, about 130 minutes) reached 0% on the suite's first,
+    # the paper's GSM8K setting. The shipped embedded-long is the embedded model fine-tuned
+    # with --init: 2,000 uniform-masking steps, then 4,500 with these prefix and result weights
+    # (its card); from scratch, the step and size defaults reached 0% on the suite's first,
     # harder version (docs/BENCHMARKS.md) and were not rerun on this one.
     "longform": TaskSetup(256, 32, 512, ("arithmetic", "longform"), dict(
         steps=4500, batch_size=32, d_model=192, n_layers=4, val_every=1125, val_n=50,
