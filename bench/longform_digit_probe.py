@@ -25,6 +25,12 @@ KINDS = ("joint", "tens alone", "units alone", "tens given units", "units given 
          "one-digit result")
 
 
+def greedy(model, x: torch.Tensor) -> list[int]:
+    """The argmax token of every column of one row."""
+    with torch.no_grad():
+        return model(x, torch.ones_like(x, dtype=torch.bool))[0].argmax(-1).tolist()
+
+
 def probe(model, tok, problem, gen_length: int) -> dict[str, list[bool]]:
     cfg = model.config
     prompt = tok(problem.prompt)["input_ids"]
@@ -38,23 +44,19 @@ def probe(model, tok, problem, gen_length: int) -> dict[str, list[bool]]:
         canvas = torch.tensor([prompt + before + [cfg.mask_token_id] * (gen_length - len(before))])
         at = len(prompt) + len(before)
 
-        def greedy(x: torch.Tensor) -> list[int]:
-            with torch.no_grad():
-                return model(x, torch.ones_like(x, dtype=torch.bool))[0].argmax(-1).tolist()
-
         if len(digits) == 1:
-            hits["one-digit result"].append(greedy(canvas)[at] == digits[0])
+            hits["one-digit result"].append(greedy(model, canvas)[at] == digits[0])
             continue
         if len(digits) != 2:
             continue
-        both = greedy(canvas)
+        both = greedy(model, canvas)
         hits["joint"].append(both[at:at + 2] == digits)
         hits["tens alone"].append(both[at] == digits[0])
         hits["units alone"].append(both[at + 1] == digits[1])
         for given, asked, kind in ((1, 0, "tens given units"), (0, 1, "units given tens")):
             x = canvas.clone()
             x[0, at + given] = digits[given]
-            hits[kind].append(greedy(x)[at + asked] == digits[asked])
+            hits[kind].append(greedy(model, x)[at + asked] == digits[asked])
     return hits
 
 
