@@ -189,10 +189,12 @@ class Engine:
                               ) from None
         return result
 
-    def default_canvas(self) -> tuple[int, int]:
-        """The canvas and block length of a request that names neither (for clients' forms)."""
-        vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence"))
-        return self.default_gen_length, vr.block_length
+    def default_canvas(self, gen_length: int | None = None) -> tuple[int, int]:
+        """The canvas and block length of a request that names neither (for clients' forms),
+        or names only the canvas `gen_length` (for a report to say the blocks it got)."""
+        vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence",
+                                             gen_length=gen_length))
+        return gen_length or self.default_gen_length, vr.block_length
 
     def add(self, req: GenerationRequest | ValidatedRequest) -> int:
         vr = req if isinstance(req, ValidatedRequest) else self.validate(req)
