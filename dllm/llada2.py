@@ -233,6 +233,7 @@ class DecoderLayer(nn.Module):
         moe = cfg.num_experts is not None and index >= cfg.first_k_dense_replace
         self.mlp = MoE(cfg) if moe else MLP(cfg.hidden_size, cfg.intermediate_size)
 
+    # Copied from unmaskd.dllm.sdar.DecoderLayer.forward with self_attn->attention
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 bias: torch.Tensor, kv: KVWriter | None, layer: int) -> torch.Tensor:
         x = x + self.attention(self.input_layernorm(x), rope, bias, kv, layer)
