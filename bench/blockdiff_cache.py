@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from unmaskd.dllm import sdar
+from unmaskd.dllm.sdar import SDARConfig, SDARModel
 from unmaskd.engine.loop import Engine
 from unmaskd.engine.sequence import GenerationRequest
 
@@ -36,12 +36,12 @@ class Silent:
 
 
 def random_sdar(max_len: int) -> torch.nn.Module:
-    cfg = sdar.config_from_dict({
+    cfg = SDARConfig.from_dict({
         "model_type": "sdar", "hidden_size": 512, "intermediate_size": 1408,
         "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 4,
         "head_dim": 64, "vocab_size": 4096, "max_position_embeddings": max_len,
         "block_size": 4, "mask_token_id": 4095, "eos_token_id": 0}, None)
-    model = sdar.Model(cfg)
+    model = SDARModel(cfg)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

@@ -354,7 +354,8 @@ def lm_head_ms(n: int, v: int) -> float | None:
 def llada_layers_ms(B: int, L: int) -> float | None:
     """LLaDA-8B's 32 transformer blocks over [B, L] in bf16: one block of the project's own
     LLaDABlock at LLaDA-8B's sizes (random weights, no mask) timed, times 32."""
-    from unmaskd.dllm.llada import LLaDABlock, LLaDAConfig, rotary_tables
+    from unmaskd.dllm.layers import rotary_tables
+    from unmaskd.dllm.llada import LLaDABlock, LLaDAConfig
 
     cfg = LLaDAConfig(d_model=LLADA_HIDDEN, n_layers=1, n_heads=LLADA_HEADS,
                       mlp_hidden_size=LLADA_MLP, vocab_size=LLADA_VOCAB,

@@ -1,30 +1,21 @@
-"""The model-backend seam: what the engine may ask of a dLLM, and which file serves which family.
+"""What every family file shares below its model: config.json's validation, the key/value
+cache seam, and the block-causal mask.
 
-The engine asks a backend for one thing, the logits of the current step:
+The contract between the engine and a family (what the engine reads off a model and its config)
+is `unmaskd.dllm.family`; which family serves which `model_type` is `unmaskd.dllm.registry`.
 
-    logits = model(input_ids, attention_mask)                 # full forward, [B, T, V]
-    logits = model(ids_q, positions=pos_q, kv=writer)         # a slice over cached keys/values
+Config: `config_kwargs` and `build_config` turn config.json into a family's config dataclass,
+refusing, by field name, a value the family does not implement or that no model can run with.
+A family whose special ids live in the tokenizer files (SDAR, LLaDA2) reads them with
+`declared_token_id` (through `special_token_ids`).
 
-and reads four facts from it: `config.mask_token_id`, `config.eos_token_id`,
-`config.vocab_size`, `config.max_sequence_length`; `kv_layout` (layers, KV heads, head dim) to
-size a cache; and `logit_offset`, how logits line up with positions (0: the row at column j
-predicts column j, as LLaDA; 1: it predicts column j + 1, as Dream's shifted head). Nothing else
-about the architecture reaches the decoding loop.
+Cache: when it caches, the engine passes a `KVWriter` as `kv`; a backend calls it once per
+layer and attends with what it returns.
 
-One file per family under `unmaskd.dllm`, found by config.json's `model_type` in `FAMILIES`.
-Each exports `WEIGHT_PREFIX` (stripped from checkpoint keys), `config_from_dict(raw,
-mask_token_id)` and `Model(config)`; optionally `load_tokenizer(model_dir)` (default:
-AutoTokenizer over tokenizer.json, never remote code). A model whose family decodes the whole
-canvas as one block by default says `default_block_length = "full"`. A family whose special ids
-live in the tokenizer files (LLaDA2) takes `config_from_dict(raw, mask_token_id, model_dir)` and
-reads them with `declared_token_id`.
-
-Block-diffusion models (SDAR, LLaDA2) say `block_causal = True` and give their trained
-`block_size` and their family's defaults (`sampler_defaults`, e.g. LLaDA2's threshold 0.95).
-Their attention is bidirectional inside a block and causal across blocks, blocks aligned to
-absolute position 0 (`block_causal_bias`).
-Without `kv`, or when the writer returns no mask, a forward attends block-causally with the
-model's own `block_size`; a decode with another block length passes its mask through `kv`.
+Block-diffusion models (SDAR, LLaDA2) attend bidirectionally inside a block and causally across
+blocks, blocks aligned to absolute position 0 (`block_causal_bias`). Without `kv`, or when the
+writer returns no mask, a forward attends block-causally with the model's own `block_size`; a
+decode with another block length passes its mask through `kv`.
 """
 
 from __future__ import annotations
@@ -36,15 +27,15 @@ import types
 import typing
 from dataclasses import fields
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol
 
 import torch
 
 log = logging.getLogger(__name__)
 
-# config.json's model_type -> its family file in unmaskd.dllm (family() imports them)
-FAMILIES = {"llada": "llada", "Dream": "dream", "sdar": "sdar", "llada2_moe": "llada2"}
+# Hugging Face's bookkeeping fields, in every family's config.json: no effect on the forward.
+BOOKKEEPING = frozenset({"architectures", "auto_map", "transformers_version", "torch_dtype",
+                         "use_cache", "_name_or_path", "bos_token_id", "attention_dropout"})
 
 
 class ConfigError(ValueError):
@@ -73,13 +64,13 @@ class KVWriter(Protocol):
 def config_kwargs(cls: type, raw: dict, fixed: dict[str, tuple], ignored: set[str]) -> dict:
     """The fields of config.json (`raw`) that the config dataclass `cls` takes. A field of
     `fixed` whose value is not one the family implements is refused, naming it; fields neither
-    taken, fixed nor `ignored` (training-only) are logged and dropped."""
+    taken, fixed, `ignored` (training-only) nor BOOKKEEPING are logged and dropped."""
     for name, allowed in fixed.items():
         if name in raw and raw[name] not in allowed:
             raise ConfigError(f"config field {name}={raw[name]!r} is not supported "
                               f"(this implementation needs {allowed[0]!r})")
     known = {f.name for f in fields(cls)}
-    unknown = set(raw) - known - set(fixed) - ignored
+    unknown = set(raw) - known - set(fixed) - ignored - BOOKKEEPING
     if unknown:
         log.warning("config.json: ignoring unknown fields %s", sorted(unknown))
     return {k: v for k, v in raw.items() if k in known}
@@ -137,18 +128,19 @@ def _check_type(name: str, value: object, hint: object) -> None:
         raise field_error(name, value, "must be " + " or ".join(words[t] for t in allowed))
 
 
-def family(model_type: object) -> ModuleType:
-    """The backend module for a config.json `model_type`; a ConfigError naming it otherwise."""
-    name = FAMILIES.get(model_type) if isinstance(model_type, str) else None
-    if name is None:
-        raise ConfigError(f"model_type {model_type!r} is not supported "
-                          f"(supported: {', '.join(sorted(FAMILIES))})")
-    # Imported here, not at the top (every family file imports this one), and by import
-    # statements, not by name, so that tests/test_layers.py sees what the library imports.
-    from unmaskd.dllm import dream, llada, llada2, sdar
-
-    files = {"llada": llada, "dream": dream, "sdar": sdar, "llada2": llada2}
-    return files[name]
+def special_token_ids(kwargs: dict, mask_token_id: int | None, model_dir: str | Path | None,
+                      missing: str) -> None:
+    """Sets `kwargs`' mask_token_id (the flag's, `mask_token_id`, over the config's) and checks
+    both special ids are there. Where the config has one not, a family that passes its folder
+    (ids in the tokenizer files) takes the token the tokenizer declares; else a ConfigError,
+    `missing` formatted with the `field` and the `token`."""
+    if mask_token_id is not None:
+        kwargs["mask_token_id"] = mask_token_id
+    for field, token in (("mask_token_id", "mask_token"), ("eos_token_id", "eos_token")):
+        if kwargs.get(field) is None and model_dir is not None:
+            kwargs[field] = declared_token_id(model_dir, token)
+        if kwargs.get(field) is None:
+            raise ConfigError(missing.format(field=field, token=token))
 
 
 def block_causal_bias(q_positions: torch.Tensor, k_positions: torch.Tensor, block_size: int,

@@ -1,8 +1,8 @@
-"""Load and save dLLM checkpoint folders, for every family in `dllm.backend.FAMILIES`.
+"""Load and save dLLM checkpoint folders, for every family in `dllm.registry.FAMILIES`.
 
     model, tokenizer = load_dllm("path/to/LLaDA-8B-Instruct", dtype=torch.bfloat16, device="cuda")
 
-A folder holds `config.json` (its `model_type` picks the backend file), `model.safetensors` (or
+A folder holds `config.json` (its `model_type` picks the family), `model.safetensors` (or
 shards + `model.safetensors.index.json`) and `tokenizer.json`; one that `unmaskd train-dllm`
 trained on a task other than arithmetic also `unmaskd_task.json` (the task and its canvas).
 Weights are memory-mapped from safetensors and refused if any is not finite; nothing in the
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from unmaskd.dllm import backend
+from unmaskd.dllm import llada
 from unmaskd.dllm.backend import ConfigError
-from unmaskd.dllm.llada import WEIGHT_PREFIX, LLaDAModel
+from unmaskd.dllm.registry import family
 
 
 class CheckpointError(ValueError):
@@ -70,11 +70,11 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
     """Returns (model in eval mode, tokenizer)."""
     model_dir = Path(model_dir)
     raw = read_config(model_dir)
-    fam = backend.family(raw.get("model_type", "llada"))
+    fam = family(raw.get("model_type", "llada"))
     # A family whose special ids live in the tokenizer files (LLaDA2) reads them from the folder.
-    takes_dir = "model_dir" in inspect.signature(fam.config_from_dict).parameters
+    takes_dir = "model_dir" in inspect.signature(fam.config.from_dict).parameters
     try:
-        cfg = fam.config_from_dict(raw, mask_token_id=mask_token_id,
+        cfg = fam.config.from_dict(raw, mask_token_id=mask_token_id,
                                    **({"model_dir": model_dir} if takes_dir else {}))
     except ConfigError as e:
         if e.field == "mask_token_id" and mask_token_id is not None:  # the flag's value
@@ -83,18 +83,15 @@ def load_dllm(model_dir: str | Path, dtype: torch.dtype = torch.float32, device:
         raise
     # A family may load its tokenizer itself (Dream: without its remote-code class); before
     # the weights, so a folder without one fails fast.
-    load_tokenizer = getattr(fam, "load_tokenizer", _auto_tokenizer)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = (fam.load_tokenizer or _auto_tokenizer)(model_dir)
     if len(tokenizer) > cfg.vocab_size:  # its ids past the model's would fail every request
         raise ConfigError(f"config field vocab_size={cfg.vocab_size} is smaller than the "
                           f"tokenizer's {len(tokenizer)} tokens", field="vocab_size")
     with torch.device("meta"):
-        model = fam.Model(cfg)
-    prefix = fam.WEIGHT_PREFIX
+        model = fam.model(cfg)
+    prefix = fam.weight_prefix
     state = {k.removeprefix(prefix): v for k, v in load_state_dict(model_dir).items()}
-    if getattr(cfg, "weight_tying", False):
-        state.pop("transformer.ff_out.weight", None)
-    for key in getattr(model, "tied_keys", ()):  # a tied head's copy some checkpoints carry
+    for key in model.tied_keys:  # a tied head's copy some checkpoints carry
         state.pop(key, None)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -184,13 +181,13 @@ def read_task_file(model_dir: str | Path) -> dict:
     return info
 
 
-def save_dllm(model: LLaDAModel, model_dir: str | Path) -> None:
+def save_dllm(model: llada.LLaDAModel, model_dir: str | Path) -> None:
     """Write config.json and model.safetensors (tokenizer files are copied by the caller)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "architectures": ["LLaDAModelLM"]}
     (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    state = {WEIGHT_PREFIX + k: v.detach().contiguous().cpu()
+    state = {llada.ENTRY.weight_prefix + k: v.detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     save_file(state, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
 

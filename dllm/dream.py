@@ -19,16 +19,28 @@ name, so it is loaded with transformers' built-in classes and `trust_remote_code
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from unmaskd.dllm.backend import ConfigError, KVWriter, build_config, config_kwargs
-from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
-
-WEIGHT_PREFIX = ""  # the module tree is named as the checkpoint keys
+from unmaskd.dllm.backend import (
+    ConfigError,
+    KVWriter,
+    build_config,
+    config_kwargs,
+    special_token_ids,
+)
+from unmaskd.dllm.family import DiffusionLM, Family, ModelConfig
+from unmaskd.dllm.layers import (
+    MLP,
+    RMSNorm,
+    attend,
+    padding_bias,
+    rotary,
+    rotary_tables,
+    token_positions,
+)
 
 # field -> the only values we implement; anything else is refused, naming the field.
 _FIXED = {
@@ -40,15 +52,13 @@ _FIXED = {
 # Training-only or bookkeeping fields: accepted, no effect on inference. (sliding_window and
 # max_window_layers only matter with use_sliding_window, which is refused above.)
 _IGNORED = {
-    "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_cache",
-    "initializer_range", "attention_dropout", "sliding_window", "max_window_layers",
-    "_name_or_path", "bos_token_id", "output_attentions", "output_hidden_states",
-    "return_dict", "use_return_dict",
+    "dtype", "initializer_range", "sliding_window", "max_window_layers", "output_attentions",
+    "output_hidden_states", "return_dict", "use_return_dict",
 }
 
 
 @dataclass
-class DreamConfig:
+class DreamConfig(ModelConfig):
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -94,16 +104,9 @@ class DreamConfig:
                               "(this implementation needs hidden_size / num_attention_heads)")
         raw.pop("head_dim", None)
         kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
-        if mask_token_id is not None:
-            kwargs["mask_token_id"] = mask_token_id
-        for required in ("mask_token_id", "eos_token_id"):
-            if kwargs.get(required) is None:
-                raise ConfigError(f"config has no {required}; pass it explicitly "
-                                  f"(Dream-v0-7B: --mask-token-id 151666)")
+        special_token_ids(kwargs, mask_token_id, None, "config has no {field}; pass it "
+                          "explicitly (Dream-v0-7B: --mask-token-id 151666)")
         return build_config(cls, kwargs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class DreamAttention(nn.Module):
@@ -116,14 +119,6 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
 
 
-class DreamMLP(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-
 class DreamLayer(nn.Module):
     def __init__(self, cfg: DreamConfig):
         super().__init__()
@@ -131,7 +126,7 @@ class DreamLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = DreamAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = DreamMLP(cfg)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 attn_mask: torch.Tensor | None, kv: KVWriter | None, layer: int) -> torch.Tensor:
@@ -142,16 +137,8 @@ class DreamLayer(nn.Module):
         k = attn.k_proj(h).view(B, T, cfg.num_key_value_heads, cfg.head_dim).transpose(1, 2)
         v = attn.v_proj(h).view(B, T, cfg.num_key_value_heads, cfg.head_dim).transpose(1, 2)
         q, k = rotary(q, *rope), rotary(k, *rope)
-        if kv is not None:
-            k, v, cached_mask = kv(layer, k, v)
-            attn_mask = attn_mask if cached_mask is None else cached_mask
-        att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask,
-            enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
-        x = x + attn.o_proj(att.transpose(1, 2).reshape(B, T, cfg.hidden_size))
-        h = self.post_attention_layernorm(x)
-        mlp = self.mlp
-        return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        x = x + attn.o_proj(attend(q, k, v, attn_mask, kv, layer))
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class DreamBody(nn.Module):
@@ -162,7 +149,7 @@ class DreamBody(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class DreamModel(nn.Module):
+class DreamModel(DiffusionLM):
     """`forward(input_ids, attention_mask) -> logits [B, T, vocab_size]`, row i predicting
     token i + 1; with `kv` (the engine's cache writer) and explicit `positions`, the forward of
     a slice over cached keys."""
@@ -182,22 +169,13 @@ class DreamModel(nn.Module):
         return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv: KVWriter | None = None):
-        bias = None
-        if attention_mask is not None:
-            keep = attention_mask.bool()
-            # Positions count real tokens (Dream: attention_mask.cumsum - 1), so left padding
-            # does not shift a row's positions; padding is masked out as keys.
-            if positions is None:
-                positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
-            bias = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
-            bias = bias.masked_fill(~keep, float("-inf"))[:, None, None, :]
-        if positions is None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            positions = positions.expand_as(input_ids)
+                positions: torch.Tensor | None = None, kv: KVWriter | None = None
+                ) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
-        if bias is not None:
-            bias = bias.to(x.dtype)
+        # Positions count real tokens (Dream: attention_mask.cumsum - 1); padding is masked out
+        # as keys.
+        positions = token_positions(input_ids, attention_mask, positions)
+        bias = padding_bias(attention_mask, x.dtype)
         rope = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
         for layer, block in enumerate(self.model.layers):
             x = block(x, rope, bias, kv, layer)
@@ -225,5 +203,5 @@ def load_tokenizer(model_dir: Path):
         raise tokenizer_error(model_dir, e) from None
 
 
-config_from_dict = DreamConfig.from_dict
-Model = DreamModel
+# the module tree is named as the checkpoint keys
+ENTRY = Family("Dream", DreamConfig, DreamModel, load_tokenizer=load_tokenizer)

@@ -14,16 +14,27 @@ about decoding lives here: the engine passes a key/value cache writer (`kv`) whe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from unmaskd.dllm.backend import ConfigError, KVWriter, build_config, config_kwargs
-
-WEIGHT_PREFIX = "model."  # checkpoint keys are model.transformer.*; the module tree starts at
-# transformer
-
+from unmaskd.dllm.backend import (
+    ConfigError,
+    KVWriter,
+    build_config,
+    config_kwargs,
+    special_token_ids,
+)
+from unmaskd.dllm.family import DiffusionLM, Family, ModelConfig
+from unmaskd.dllm.layers import (
+    RMSNorm,
+    attend,
+    padding_bias,
+    rotary,
+    rotary_tables,
+    token_positions,
+)
 
 # field -> the only value (or values) we implement; anything else is refused.
 _FIXED = {
@@ -45,17 +56,15 @@ _FIXED = {
 }
 # Training-only or bookkeeping fields: accepted, no effect on inference.
 _IGNORED = {
-    "init_fn", "init_std", "init_cutoff_factor", "init_device", "precision", "attention_dropout",
-    "residual_dropout", "embedding_dropout", "flash_attention", "use_cache", "architectures",
-    "auto_map", "transformers_version", "torch_dtype", "mlp_ratio", "alibi_bias_max",
-    "rope_full_precision", "weight_tying_init", "new_embedding_init_range", "_name_or_path",
-    "bos_token_id", "emb_init_std", "softmax_auxiliary_loss",
-    "attention_type", "tie_word_embeddings",
+    "init_fn", "init_std", "init_cutoff_factor", "init_device", "precision",
+    "residual_dropout", "embedding_dropout", "flash_attention", "mlp_ratio", "alibi_bias_max",
+    "rope_full_precision", "weight_tying_init", "new_embedding_init_range",
+    "emb_init_std", "softmax_auxiliary_loss", "attention_type", "tie_word_embeddings",
 }
 
 
 @dataclass
-class LLaDAConfig:
+class LLaDAConfig(ModelConfig):
     d_model: int
     n_layers: int
     n_heads: int
@@ -83,46 +92,11 @@ class LLaDAConfig:
     @classmethod
     def from_dict(cls, raw: dict, mask_token_id: int | None = None) -> LLaDAConfig:
         kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
-        if mask_token_id is not None:
-            kwargs["mask_token_id"] = mask_token_id
+        special_token_ids(kwargs, mask_token_id, None, "config has no {field}; pass it "
+                          "explicitly (LLaDA-8B: --mask-token-id 126336)")
         kwargs.setdefault("embedding_size", kwargs.get("vocab_size"))
         kwargs.setdefault("pad_token_id", kwargs.get("eos_token_id"))
-        for required in ("mask_token_id", "eos_token_id"):
-            if kwargs.get(required) is None:
-                raise ConfigError(f"config has no {required}; pass it explicitly "
-                                  f"(LLaDA-8B: --mask-token-id 126336)")
         return build_config(cls, kwargs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 as LLaDA does, whatever the weights' dtype.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf.to(x.dtype)) * self.weight
-
-
-def rotary_tables(positions: torch.Tensor, dim: int, theta: float):
-    """cos/sin tables [B, 1, T, dim] in fp32 for rotate-half RoPE (LLaDA/OLMo layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device,
-                                             dtype=torch.float32) / dim))
-    angles = positions.float()[:, None, :, None] * inv_freq
-    angles = torch.cat([angles, angles], -1)
-    return angles.cos(), angles.sin()
-
-
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    xf = x.float()
-    x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos + torch.cat([-x2, x1], -1) * sin).to(x.dtype)
 
 
 class LLaDABlock(nn.Module):
@@ -153,12 +127,7 @@ class LLaDABlock(nn.Module):
         k = self.k_proj(h).view(B, T, cfg.n_kv_heads, hd).transpose(1, 2)
         v = self.v_proj(h).view(B, T, cfg.n_kv_heads, hd).transpose(1, 2)
         q, k = rotary(q, *rope), rotary(k, *rope)
-        if kv is not None:
-            k, v, cached_mask = kv(layer, k, v)
-            attn_mask = attn_mask if cached_mask is None else cached_mask
-        att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, enable_gqa=cfg.n_kv_heads != cfg.n_heads)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, cfg.d_model))
+        x = x + self.attn_out(attend(q, k, v, attn_mask, kv, layer))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -173,7 +142,7 @@ class Transformer(nn.Module):
             self.ff_out = nn.Linear(cfg.d_model, cfg.embedding_size, bias=cfg.include_bias)
 
 
-class LLaDAModel(nn.Module):
+class LLaDAModel(DiffusionLM):
     """`forward(input_ids, attention_mask) -> logits [B, T, embedding_size]`; with `kv` (the
     engine's cache writer) and explicit `positions`, the forward of a slice over cached keys."""
 
@@ -189,23 +158,18 @@ class LLaDAModel(nn.Module):
         cfg = self.config
         return cfg.n_layers, cfg.n_kv_heads, cfg.d_model // cfg.n_heads
 
+    @property
+    def tied_keys(self) -> tuple[str, ...]:
+        # a tied checkpoint may still carry the output projection; the loader drops it
+        return ("transformer.ff_out.weight",) if self.config.weight_tying else ()
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv: KVWriter | None = None):
-        bias = None
-        if attention_mask is not None:
-            keep = attention_mask.bool()
-            # Positions count real tokens only, so left padding does not shift a row's positions.
-            if positions is None:
-                positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
-            bias = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device)
-            bias = bias.masked_fill(~keep, float("-inf"))[:, None, None, :]
-        if positions is None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            positions = positions.expand_as(input_ids)
+                positions: torch.Tensor | None = None, kv: KVWriter | None = None
+                ) -> torch.Tensor:
         t = self.transformer
         x = t.wte(input_ids)
-        if bias is not None:
-            bias = bias.to(x.dtype)
+        positions = token_positions(input_ids, attention_mask, positions)
+        bias = padding_bias(attention_mask, x.dtype)
         rope = rotary_tables(positions, self.config.d_model // self.config.n_heads,
                              self.config.rope_theta)
         for layer, block in enumerate(t.blocks):
@@ -229,5 +193,5 @@ class LLaDAModel(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-config_from_dict = LLaDAConfig.from_dict
-Model = LLaDAModel
+# checkpoint keys are model.transformer.*; the module tree starts at transformer
+ENTRY = Family("llada", LLaDAConfig, LLaDAModel, weight_prefix="model.")

@@ -29,7 +29,7 @@ sigmoid, a router dtype other than fp32, norm_head, split q/k/v weights, norm_to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,12 +40,10 @@ from unmaskd.dllm.backend import (
     KVWriter,
     build_config,
     config_kwargs,
-    declared_token_id,
+    special_token_ids,
 )
-from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
-from unmaskd.dllm.sdar import MLP, attention_inputs
-
-WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
+from unmaskd.dllm.family import Family, ModelConfig
+from unmaskd.dllm.layers import MLP, BlockCausalLM, RMSNorm, attend, rotary
 
 _FIXED = {
     "hidden_act": ("silu",),
@@ -61,17 +59,15 @@ _FIXED = {
 # head_dim * partial_rotary_factor (checked); `moe_router_enable_expert_bias` is a training
 # switch: the forward adds the checkpoint's expert_bias either way.
 _IGNORED = {
-    "architectures", "auto_map", "attention_dropout", "embedding_dropout", "output_dropout",
-    "initializer_range", "max_window_layers", "sliding_window", "output_router_logits",
-    "pad_token_id", "bos_token_id", "torch_dtype", "dtype", "transformers_version", "use_cache",
-    "use_rmsnorm", "norm_softmax", "moe_router_enable_expert_bias", "rotary_dim",
+    "embedding_dropout", "output_dropout", "initializer_range", "max_window_layers",
+    "sliding_window", "output_router_logits", "pad_token_id", "dtype", "use_rmsnorm",
+    "norm_softmax", "moe_router_enable_expert_bias", "rotary_dim",
     "moe_shared_expert_intermediate_size", "mtp_loss_scaling_factor", "num_nextn_predict_layers",
-    "_name_or_path",
 }
 
 
 @dataclass
-class LLaDA2Config:
+class LLaDA2Config(ModelConfig):
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -138,22 +134,13 @@ class LLaDA2Config:
     def from_dict(cls, raw: dict, mask_token_id: int | None = None,
                   model_dir: str | Path | None = None) -> LLaDA2Config:
         kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
-        if mask_token_id is not None:
-            kwargs["mask_token_id"] = mask_token_id
-        for field, token in (("mask_token_id", "mask_token"), ("eos_token_id", "eos_token")):
-            if kwargs.get(field) is None and model_dir is not None:
-                kwargs[field] = declared_token_id(model_dir, token)
-            if kwargs.get(field) is None:
-                raise ConfigError(f"the tokenizer files declare no {token} (LLaDA2's config has "
-                                  f"no {field}); pass it explicitly")
+        special_token_ids(kwargs, mask_token_id, model_dir, "the tokenizer files declare no "
+                          "{token} (LLaDA2's config has no {field}); pass it explicitly")
         cfg = build_config(cls, kwargs)
         if raw.get("rotary_dim") not in (None, cfg.rotary_dim):
             raise ConfigError(f"config field rotary_dim={raw['rotary_dim']!r} disagrees with "
                               f"head_dim * partial_rotary_factor = {cfg.rotary_dim}")
         return cfg
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Attention(nn.Module):
@@ -182,13 +169,7 @@ class Attention(nn.Module):
         rd = cfg.rotary_dim
         q = torch.cat([rotary(q[..., :rd], *rope), q[..., rd:]], -1)
         k = torch.cat([rotary(k[..., :rd], *rope), k[..., rd:]], -1)
-        if kv is not None:
-            k, v, cached_bias = kv(layer, k, v)
-            bias = bias if cached_bias is None else cached_bias
-        att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias,
-            enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
-        return self.dense(att.transpose(1, 2).reshape(B, T, -1))
+        return self.dense(attend(q, k, v, bias, kv, layer))
 
 
 class Gate(nn.Module):
@@ -252,6 +233,7 @@ class DecoderLayer(nn.Module):
         moe = cfg.num_experts is not None and index >= cfg.first_k_dense_replace
         self.mlp = MoE(cfg) if moe else MLP(cfg.hidden_size, cfg.intermediate_size)
 
+    # Copied from unmaskd.dllm.sdar.DecoderLayer.forward with self_attn->attention
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                 bias: torch.Tensor, kv: KVWriter | None, layer: int) -> torch.Tensor:
         x = x + self.attention(self.input_layernorm(x), rope, bias, kv, layer)
@@ -265,43 +247,19 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
 
-class LLaDA2Model(nn.Module):
+
+class LLaDA2Model(BlockCausalLM):
     """`forward(input_ids, attention_mask) -> logits [B, T, vocab_size]`; with `kv` (the
     engine's cache writer) and explicit `positions`, the forward of a slice over cached keys."""
 
-    logit_offset = 0  # the logits at position j are the prediction for position j
-    block_causal = True
     sampler_defaults = {"threshold": {"threshold": 0.95}}  # the model's `generate` default
 
     def __init__(self, cfg: LLaDA2Config):
-        super().__init__()
-        self.config = cfg
-        self.block_size = cfg.block_size
-        self.model = Decoder(cfg)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        # a tied checkpoint may still carry its head's copy; the loader drops it
-        self.tied_keys = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
-
-    @property
-    def kv_layout(self) -> tuple[int, int, int]:
-        cfg = self.config
-        return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv: KVWriter | None = None
-                ) -> torch.Tensor:
-        x = self.model.word_embeddings(input_ids)
-        positions, bias = attention_inputs(input_ids, attention_mask, positions,
-                                           self.block_size, x.dtype)
-        rope = rotary_tables(positions, self.config.rotary_dim, self.config.rope_theta)
-        for layer, block in enumerate(self.model.layers):
-            x = block(x, rope, bias, kv, layer)
-        x = self.model.norm(x)
-        head = self.model.word_embeddings if self.config.tie_word_embeddings else self.lm_head
-        return F.linear(x, head.weight)
+        super().__init__(cfg, Decoder(cfg))
 
 
-config_from_dict = LLaDA2Config.from_dict
-Model = LLaDA2Model
+# the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
+ENTRY = Family("llada2_moe", LLaDA2Config, LLaDA2Model)

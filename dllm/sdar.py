@@ -17,23 +17,20 @@ on asks for a different model than the one implemented here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from unmaskd.dllm.backend import (
     ConfigError,
     KVWriter,
-    block_causal_bias,
     build_config,
     config_kwargs,
-    declared_token_id,
+    special_token_ids,
 )
-from unmaskd.dllm.llada import RMSNorm, rotary, rotary_tables
-
-WEIGHT_PREFIX = ""  # the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
+from unmaskd.dllm.family import Family, ModelConfig
+from unmaskd.dllm.layers import MLP, BlockCausalLM, RMSNorm, attend, rotary
 
 # field -> the only values implemented; anything else is refused by name.
 _FIXED = {
@@ -44,15 +41,14 @@ _FIXED = {
 }
 # Training, serving or bookkeeping fields: no effect on the forward pass.
 _IGNORED = {
-    "architectures", "auto_map", "attention_dropout", "attn_implementation", "bos_token_id",
-    "pad_token_id", "debug", "ep_size", "fuse_cross_entropy", "initializer_range",
-    "max_window_layers", "sliding_window", "micro_forward", "skip_checkpoint", "torch_dtype",
-    "transformers_version", "use_cache", "use_deepep", "_name_or_path",
+    "attn_implementation", "pad_token_id", "debug", "ep_size", "fuse_cross_entropy",
+    "initializer_range", "max_window_layers", "sliding_window", "micro_forward",
+    "skip_checkpoint", "use_deepep",
 }
 
 
 @dataclass
-class SDARConfig:
+class SDARConfig(ModelConfig):
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -81,22 +77,17 @@ class SDARConfig:
     def max_sequence_length(self) -> int:
         return self.max_position_embeddings
 
+    @property
+    def rotary_dim(self) -> int:  # RoPE turns every channel of a head
+        return self.head_dim
+
     @classmethod
     def from_dict(cls, raw: dict, mask_token_id: int | None = None,
                   model_dir: str | Path | None = None) -> SDARConfig:
         kwargs = config_kwargs(cls, raw, _FIXED, _IGNORED)
-        if mask_token_id is not None:
-            kwargs["mask_token_id"] = mask_token_id
-        for field, token in (("mask_token_id", "mask_token"), ("eos_token_id", "eos_token")):
-            if kwargs.get(field) is None and model_dir is not None:
-                kwargs[field] = declared_token_id(model_dir, token)
-            if kwargs.get(field) is None:
-                raise ConfigError(f"config has no {field} and the tokenizer declares no "
-                                  f"{token}; pass it explicitly")
+        special_token_ids(kwargs, mask_token_id, model_dir, "config has no {field} and the "
+                          "tokenizer declares no {token}; pass it explicitly")
         return build_config(cls, kwargs)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Attention(nn.Module):
@@ -120,24 +111,7 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, T, -1, cfg.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, T, -1, cfg.head_dim).transpose(1, 2)
         q, k = rotary(q, *rope), rotary(k, *rope)
-        if kv is not None:
-            k, v, cached_bias = kv(layer, k, v)
-            bias = bias if cached_bias is None else cached_bias
-        att = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias,
-            enable_gqa=cfg.num_key_value_heads != cfg.num_attention_heads)
-        return self.o_proj(att.transpose(1, 2).reshape(B, T, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.o_proj(attend(q, k, v, bias, kv, layer))
 
 
 class DecoderLayer(nn.Module):
@@ -161,59 +135,20 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-
-def attention_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     positions: torch.Tensor | None, block_size: int, dtype: torch.dtype
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions [B, T] and the forward's own block-causal mask over its own tokens. Positions
-    count real tokens only, so left padding does not move a row's blocks."""
-    if positions is None:
-        if attention_mask is not None:
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        else:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            positions = positions.expand_as(input_ids)
-    bias = block_causal_bias(positions, positions, block_size, attention_mask, dtype)
-    return positions, bias
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
 
 
-class SDARModel(nn.Module):
+class SDARModel(BlockCausalLM):
     """`forward(input_ids, attention_mask) -> logits [B, T, vocab_size]`; with `kv` (the
     engine's cache writer) and explicit `positions`, the forward of a slice over cached keys."""
 
-    logit_offset = 0  # the logits at position j are the prediction for position j
-    block_causal = True
     # the released generation settings (4 steps per block of 4)
     sampler_defaults = {"threshold": {"threshold": 0.9}}
 
     def __init__(self, cfg: SDARConfig):
-        super().__init__()
-        self.config = cfg
-        self.block_size = cfg.block_size
-        self.model = Decoder(cfg)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        # a tied checkpoint may still carry its head's copy; the loader drops it
-        self.tied_keys = ("lm_head.weight",) if cfg.tie_word_embeddings else ()
-
-    @property
-    def kv_layout(self) -> tuple[int, int, int]:
-        cfg = self.config
-        return cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, kv: KVWriter | None = None
-                ) -> torch.Tensor:
-        x = self.model.embed_tokens(input_ids)
-        positions, bias = attention_inputs(input_ids, attention_mask, positions,
-                                           self.block_size, x.dtype)
-        rope = rotary_tables(positions, self.config.head_dim, self.config.rope_theta)
-        for layer, block in enumerate(self.model.layers):
-            x = block(x, rope, bias, kv, layer)
-        x = self.model.norm(x)
-        head = self.model.embed_tokens if self.config.tie_word_embeddings else self.lm_head
-        return F.linear(x, head.weight)
+        super().__init__(cfg, Decoder(cfg))
 
 
-config_from_dict = SDARConfig.from_dict
-Model = SDARModel
+# the module tree mirrors the checkpoint keys (model.*, lm_head.weight)
+ENTRY = Family("sdar", SDARConfig, SDARModel)

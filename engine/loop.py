@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from unmaskd.dllm.family import DiffusionLM
 from unmaskd.engine.kv_cache import CACHE_MODES, KVCache
 from unmaskd.engine.sequence import (
     GenerationRequest,
@@ -108,7 +109,7 @@ class StepReport:
 
 
 class Engine:
-    def __init__(self, model, tokenizer, default_gen_length: int = 48,
+    def __init__(self, model: DiffusionLM, tokenizer, default_gen_length: int = 48,
                  device: str | torch.device = "cpu", cache: str = "none",
                  stop_token_ids: list[int] | None = None, default_block_length: int | None = None):
         if cache not in CACHE_MODES:
@@ -121,7 +122,7 @@ class Engine:
         self.kv: KVCache | None = None
         # Block-diffusion models (block-causal attention) decode blocks aligned to position 0
         # over an exact cache of finished blocks; the model says so, not its family.
-        self.aligned_block = model.block_size if getattr(model, "block_causal", False) else None
+        self.aligned_block = model.block_size if model.block_causal else None
         # The canvas and block length a request gets when it names none: a model trained on a
         # task records its own (unmaskd_task.json); else 48 and LLaDA's L/4.
         self.default_gen_length = default_gen_length
@@ -133,7 +134,7 @@ class Engine:
         self.stop_ids = sorted({self.eos_id, *(stop_token_ids or [])})
         self.stop_ids_dev = torch.tensor(self.stop_ids, device=self.device)
         # Per-sampler parameter defaults the model ships (LLaDA2: threshold 0.95).
-        self.sampler_defaults: dict[str, dict] = getattr(model, "sampler_defaults", {})
+        self.sampler_defaults: dict[str, dict] = model.sampler_defaults
         self.active: list[Sequence] = []
         self._next_id = 0
         self._dirty = True  # batch membership changed: rebuild batch tensors
@@ -164,7 +165,7 @@ class Engine:
             req = replace(req, sampler_params={**defaults, **req.sampler_params})
         return validate(req, self.default_gen_length, self.cfg.max_sequence_length,
                         self.cfg.vocab_size, self.aligned_block,
-                        getattr(self.model, "default_block_length", None) == "full",
+                        self.model.default_block_length == "full",
                         self.default_block_length)
 
     def self_test(self) -> SequenceResult:
@@ -189,10 +190,12 @@ class Engine:
                               ) from None
         return result
 
-    def default_canvas(self) -> tuple[int, int]:
-        """The canvas and block length of a request that names neither (for clients' forms)."""
-        vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence"))
-        return self.default_gen_length, vr.block_length
+    def default_canvas(self, gen_length: int | None = None) -> tuple[int, int]:
+        """The canvas and block length of a request that names neither (for clients' forms),
+        or names only the canvas `gen_length` (for a report to say the blocks it got)."""
+        vr = self.validate(GenerationRequest([self.eos_id], "topk_confidence",
+                                             gen_length=gen_length))
+        return gen_length or self.default_gen_length, vr.block_length
 
     def add(self, req: GenerationRequest | ValidatedRequest) -> int:
         vr = req if isinstance(req, ValidatedRequest) else self.validate(req)

@@ -1,25 +1,95 @@
 """How every command loads a model: one set of flags for generate, eval, train-policy and serve.
 
     --model DIR  --device cpu|cuda[:N]  --dtype auto|float32|bfloat16|float16
-    --mask-token-id N  --cache none|prefix|dual  --policies DIR
+    --mask-token-id N  --cache none|prefix|dual  --policies DIR  --threads N
 
-`serve` takes the same names as settings fields (`UNMASKD_DTYPE`, `UNMASKD_CACHE`, ...) and calls
-`build_engine` too. A folder that cannot be loaded, or loads but cannot decode one request, is
-one line on stderr and exit status 2, never a traceback.
+`ModelArgs` declares them once: the CLI's argparse flags are generated from its fields
+(`add_model_args`), and `serve`'s settings inherit them (`UNMASKD_DTYPE`, `UNMASKD_CACHE`, ...),
+so no command can drift from another in a flag's name, default, allowed values or help. Every
+command then calls `build_engine`. A folder that cannot be loaded, or loads but cannot decode
+one request, is one line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Literal, get_args, get_origin
 
 import torch
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 from unmaskd.dllm import EMBEDDED_MODEL_DIR, SHIPPED_MODELS, model_dir
 from unmaskd.engine.kv_cache import CACHE_MODES
 from unmaskd.engine.loop import Engine
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Flags of the commands that serve requests: train-policy writes policies rather than reading
+# them, and sets its canvas with its own --gen-length.
+SERVING_ONLY = ("policies", "default_gen_length")
+
+
+class ModelArgs(BaseModel):
+    """The model flags, each with its type, default, allowed values and help, in one place;
+    a field `mask_token_id` is the flag `--mask-token-id` and the variable
+    `UNMASKD_MASK_TOKEN_ID`."""
+
+    model: Annotated[Path, AfterValidator(model_dir)] = Field(
+        EMBEDDED_MODEL_DIR, description="checkpoint folder (config.json, safetensors, "
+                                        "tokenizer.json) or a shipped model's name: "
+                                        + ", ".join(SHIPPED_MODELS) + " (default: embedded)")
+    policies: Path | None = Field(
+        None, description="folder of learned unmasking policies (default: MODEL/policies)")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, ...")
+    dtype: Literal[DTYPES] = Field(
+        "auto", description="weights' dtype (auto: config's torch_dtype on CUDA, float32 on CPU)")
+    mask_token_id: int | None = Field(
+        None, ge=0, description="override config.json's mask_token_id (LLaDA-8B: 126336) "
+                                "(default: config.json's)")
+    cache: Literal[CACHE_MODES] = Field(
+        "none", description="key/value cache for every request: none, or Fast-dLLM's prefix or "
+                            "dual cache")
+    default_gen_length: int | None = Field(
+        None, ge=1, description="canvas of requests that name none (default: the one the model "
+                                "folder's unmaskd_task.json records, else 48)")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+
+
+def add_model_args(ap: argparse.ArgumentParser, serving: bool = True) -> None:
+    """The flags of ModelArgs' fields; `serving` adds those in SERVING_ONLY."""
+    for name, field in ModelArgs.model_fields.items():
+        if serving or name not in SERVING_ONLY:
+            choices = get_args(field.annotation) if get_origin(field.annotation) is Literal \
+                else None
+            ap.add_argument("--" + name.replace("_", "-"), type=_flag_type(field),
+                            default=field.default, choices=choices, help=field.description)
+
+
+def _flag_type(field: FieldInfo) -> Callable[[str], object]:
+    """A flag's argparse type: the field's plain type first (so "x" for an integer is argparse's
+    own "invalid int value: 'x'"), then the field's checks (bounds, `model_dir`), so that a flag
+    accepts exactly what the setting does."""
+    if get_origin(field.annotation) is Literal:
+        plain = str  # argparse checks the choices
+    else:  # `int | None` -> int
+        plain = next(t for t in get_args(field.annotation) or (field.annotation,)
+                     if t is not type(None))
+    checks = TypeAdapter(Annotated[(plain, *field.metadata)]) if field.metadata else None
+
+    def parse(text: str) -> object:
+        value = plain(text)
+        if checks is None:
+            return value
+        try:
+            return checks.validate_python(value)
+        except ValidationError as e:
+            raise argparse.ArgumentTypeError(e.errors()[0]["msg"]) from None
+
+    parse.__name__ = plain.__name__  # the name argparse's "invalid ... value" message uses
+    return parse
 
 
 def resolve_dtype(dtype: str, device: str, model_dir: Path) -> torch.dtype:
@@ -75,29 +145,6 @@ def check_device(device: str) -> None:
     except (RuntimeError, AssertionError, ValueError) as e:  # torch's words for "no such device"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DeviceError(f"--device {device}: {reason}") from None
-
-
-def add_model_args(ap: argparse.ArgumentParser, serving: bool = True) -> None:
-    """The model flags; `serving` adds --policies and --default-gen-length (not for training)."""
-    ap.add_argument("--model", type=model_dir, default=EMBEDDED_MODEL_DIR,
-                    help="checkpoint folder (config.json, safetensors, tokenizer.json) or a "
-                         f"shipped model's name: {', '.join(SHIPPED_MODELS)} (default: "
-                         "embedded)")
-    if serving:
-        ap.add_argument("--policies", type=Path, default=None,
-                        help="folder of learned policies (default: MODEL/policies)")
-    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    ap.add_argument("--dtype", default="auto", choices=DTYPES,
-                    help="weights' dtype (auto: config's torch_dtype on CUDA, float32 on CPU)")
-    ap.add_argument("--mask-token-id", type=int, default=None,
-                    help="override config.json's mask_token_id (LLaDA-8B: 126336)")
-    ap.add_argument("--cache", default="none", choices=CACHE_MODES,
-                    help="key/value cache: none, or Fast-dLLM's prefix or dual cache")
-    if serving:
-        ap.add_argument("--default-gen-length", type=int, default=None,
-                        help="canvas of requests that name none (default: the one the model "
-                             "folder's unmaskd_task.json records, else 48)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
 
 def engine_from_args(args: argparse.Namespace, default_gen_length: int | None = None) -> Engine:

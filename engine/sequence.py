@@ -25,8 +25,8 @@ class GenerationRequest:
     sampler: str = "topk_confidence"
     sampler_params: dict = field(default_factory=dict)
     gen_length: int | None = None  # None: the engine's default canvas
-    block_length: int | None = None  # None: the model's trained block length if it divides
-    # L, else L/4 (or the largest divisor of L below it); L for Dream (one block by default)
+    block_length: int | None = None  # None: default_block_length (the model's trained block
+    # length if it divides L, else L/4 or the largest divisor of L below it; L for Dream)
     steps: int | None = None  # None: one per position (a cap for adaptive samplers); a
     # multiple of the blocks gen_length spans, split evenly over them
     steps_per_block: int | None = None  # instead of steps: each block's budget, 1..block_length
@@ -126,14 +126,8 @@ def validate(req: GenerationRequest, default_gen_length: int, max_sequence_lengt
         raise InvalidRequest("gen_length", f"{gen_length} does not fit: prompt is "
                              f"{len(req.prompt_ids)} tokens, model limit {max_sequence_length}")
     if aligned_block is None:
-        if req.block_length is not None:
-            block_length = req.block_length
-        elif full_block:
-            block_length = gen_length
-        elif trained_block and gen_length % trained_block == 0:
-            block_length = trained_block
-        else:
-            block_length = default_block_length(gen_length)
+        block_length = req.block_length if req.block_length is not None else \
+            default_block_length(gen_length, full_block, trained_block)
         if block_length < 1 or gen_length % block_length:
             raise InvalidRequest("block_length", f"{block_length} must divide the canvas length "
                                  f"{gen_length}")
@@ -174,7 +168,16 @@ def resolve_steps_per_block(steps: int | None, steps_per_block: int | None, bloc
     return steps // blocks
 
 
-def default_block_length(gen_length: int) -> int:
-    """L/4 as LLaDA's semi-autoregressive default, or the largest divisor of L below it, so
-    that any canvas length works without the client choosing a block length."""
+def default_block_length(gen_length: int, full_block: bool = False,
+                         trained_block: int | None = None) -> int:
+    """The block length of a canvas of `gen_length` whose request names none, worked out here
+    only (help texts say it in words): the whole canvas for a model that decodes it as one
+    (`full_block`, Dream); the model's `trained_block` where it divides the canvas; else L/4 as
+    LLaDA's semi-autoregressive default, or the largest divisor of L below it, so that any
+    canvas length works without the client choosing a block length. (Block-diffusion models
+    have no default to choose: their block is their attention's, see `validate`.)"""
+    if full_block:
+        return gen_length
+    if trained_block and gen_length % trained_block == 0:
+        return trained_block
     return next(b for b in range(max(1, gen_length // 4), 0, -1) if gen_length % b == 0)

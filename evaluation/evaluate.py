@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 from unmaskd.engine.loop import Engine
-from unmaskd.engine.sequence import GenerationRequest, InvalidRequest, default_block_length
+from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
 from unmaskd.engine.stats import wilson_interval
 from unmaskd.tasks import TASKS
 from unmaskd.tasks.arithmetic import check_answer
@@ -333,7 +333,7 @@ def run_eval(engine: Engine, split: str, n: int | None, specs: list[str],
                      check=check, on_row=save)
     print(format_table(rows))
     if plot_path:
-        bl = "full diffusion" if block_length == canvas else \
-            f"block length {block_length or default_block_length(canvas)}"
+        block = block_length or engine.default_canvas(canvas)[1]
+        bl = "full diffusion" if block == canvas else f"block length {block}"
         plot_pareto(rows, plot_path, f"{title}, n={len(problems)}, {bl}")
     return rows

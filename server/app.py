@@ -406,7 +406,7 @@ def serve_main(argv: list[str]) -> int:
         engine = build_engine(settings.model, settings.device, settings.dtype,
                               settings.mask_token_id, settings.cache,
                               settings.policies or settings.model / "policies",
-                              threads=settings.threads)
+                              settings.default_gen_length, settings.threads)
     except (OSError, ValueError) as e:  # CheckpointError and ConfigError are ValueErrors
         print(f"error: cannot load the model from {settings.model}: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 
 Every flag has an environment variable with the `UNMASKD_` prefix (`--max-batch-size 8` or
 `UNMASKD_MAX_BATCH_SIZE=8`); a flag wins over the environment, which wins over the default.
+The model flags (--model, --dtype, --cache, ...) are engine/model_args.py's ModelArgs, the same
+declaration the other commands' flags are generated from; the fields here are serve's own.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ import argparse
 import inspect
 import re
 from pathlib import Path
-from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict
-from unmaskd.dllm import EMBEDDED_MODEL_DIR, SHIPPED_MODELS, model_dir
+from unmaskd.engine.model_args import ModelArgs
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(BaseSettings, ModelArgs):
     """Serve a diffusion language model over HTTP: /generate (with per-step SSE streaming), an
     OpenAI-compatible /v1 API, A/B experiments between samplers, and Prometheus /metrics.
     Every flag can also be set by environment variable: --max-batch-size is
@@ -27,11 +28,6 @@ class ServerSettings(BaseSettings):
         env_prefix="UNMASKD_", cli_kebab_case=True, cli_prog_name="unmaskd serve",
         cli_exit_on_error=True, cli_hide_none_type=True, extra="ignore")
 
-    model: Annotated[Path, AfterValidator(model_dir)] = Field(
-        EMBEDDED_MODEL_DIR, description="checkpoint folder, or a shipped model's name: "
-                                        + ", ".join(SHIPPED_MODELS) + " (default: embedded)")
-    policies: Path | None = Field(
-        None, description="folder of learned unmasking policies (default: MODEL/policies)")
     host: str = Field("127.0.0.1", description="address to listen on (loopback by default)")
     port: int = Field(8000, ge=0, le=65535)
     max_batch_size: int = Field(32, ge=1, description="most requests decoded together per step")
@@ -47,18 +43,8 @@ class ServerSettings(BaseSettings):
         None, description="A/B experiments file (YAML or JSON) (default: none, no experiments)")
     ab_min_samples: int = Field(
         10, ge=2, description="requests per arm before an A/B report tests differences")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
     shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds to finish in-flight requests after SIGTERM")
-    device: str = Field("cpu", description="torch device for the model")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights' dtype (auto: config's torch_dtype on CUDA, float32 on CPU)")
-    mask_token_id: int | None = Field(
-        None, ge=0, description="override config.json's mask_token_id (LLaDA-8B: 126336) "
-                                "(default: config.json's)")
-    cache: Literal["none", "prefix", "dual"] = Field(
-        "none", description="key/value cache for every request: none, or Fast-dLLM's prefix or "
-                            "dual cache")
 
 
 # --help prints the class docstring verbatim; Python < 3.13 keeps its indentation.

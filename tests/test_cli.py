@@ -131,3 +131,47 @@ def test_serve_help_says_each_default_once_and_never_null(capsys):
     assert text.count("(default: ") == len(ServerSettings.model_fields)
     assert "--policies Path folder of learned unmasking policies (default: MODEL/policies)" in text
     assert "(default: config.json's)" in text
+
+
+def test_the_cli_and_serve_take_the_same_model_flags(monkeypatch, capsys):
+    """One declaration (ModelArgs) feeds both, so every model flag of `unmaskd generate` and
+    `unmaskd eval` is a `serve` setting with the same default and the same allowed values, and
+    both refuse what the other refuses; train-policy takes the same flags but --policies and
+    --default-gen-length."""
+    import argparse
+    import os
+    from typing import get_args
+
+    from pydantic import ValidationError
+    from unmaskd.engine.model_args import add_model_args
+    from unmaskd.server.settings import ServerSettings, parse_settings
+    from unmaskd.training.policy_trainer import parse_args as train_policy_args
+
+    for var in [v for v in os.environ if v.startswith("UNMASKD_")]:
+        monkeypatch.delenv(var)
+    cli = argparse.ArgumentParser()
+    add_model_args(cli)
+    flags = {a.dest: a for a in cli._actions if a.option_strings != ["-h", "--help"]}
+    assert set(flags) == {"model", "policies", "device", "dtype", "mask_token_id", "cache",
+                          "default_gen_length", "threads"}
+    server = parse_settings([])
+    assert vars(cli.parse_args([])) == {name: getattr(server, name) for name in flags}
+    for name, action in flags.items():
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        field = ServerSettings.model_fields[name]
+        assert tuple(action.choices or ()) == (get_args(field.annotation) if action.choices
+                                               else ()), name
+        assert action.help == field.description, name
+    for flag, value in [("--threads", "-1"), ("--mask-token-id", "-1"),
+                        ("--default-gen-length", "0"), ("--dtype", "float8"),
+                        ("--cache", "full")]:
+        with pytest.raises(ValidationError):
+            parse_settings([flag, value])
+        with pytest.raises(SystemExit):
+            cli.parse_args([flag, value])
+    # ("embedded" is a shipped model's name: both look it up the same way)
+    assert cli.parse_args(["--model", "embedded"]).model == parse_settings(
+        ["--model", "embedded"]).model
+    trained = vars(train_policy_args(["--out", "x"]))
+    assert {n for n in flags if n in trained} == set(flags) - {"policies", "default_gen_length"}
+    capsys.readouterr()

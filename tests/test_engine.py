@@ -275,3 +275,15 @@ def test_steps_per_block_is_the_same_budget_as_steps_over_the_blocks(tiny_engine
 def test_default_block_length_divides_any_canvas(tiny_engine, gen_length, block_length):
     vr = tiny_engine.validate(GenerationRequest([5, 6, 7], gen_length=gen_length))
     assert vr.block_length == block_length
+    assert tiny_engine.default_canvas(gen_length) == (gen_length, block_length)
+
+
+def test_the_default_block_length_is_the_models_where_it_has_one():
+    """One function answers for every caller: a model that decodes the canvas as one block
+    (Dream) gets the canvas; a trained block length wins where it divides the canvas."""
+    from unmaskd.engine.sequence import default_block_length
+
+    assert default_block_length(48, full_block=True) == 48
+    assert default_block_length(256, trained_block=32) == 32
+    assert default_block_length(100, trained_block=32) == 25  # 32 does not divide 100: L/4
+    assert default_block_length(48, trained_block=None) == 12
