@@ -36,7 +36,7 @@ from unmaskd.engine.sequence import (
     ValidatedRequest,
     validate,
 )
-from unmaskd.kernels import confidence_stats
+from unmaskd.kernels import STAT_FIELDS, confidence_stats
 from unmaskd.kernels.rng import mix
 from unmaskd.sampler_plugins import Sampler, StepView
 
@@ -295,17 +295,23 @@ class Engine:
                                         torch.full((B, 1), P + W, device=dev)], -1)
         self.gen_len = torch.tensor([s.vr.gen_length for s in seqs], device=dev)
         self.stop_at_eos = torch.tensor([s.vr.request.stop_at_eos for s in seqs], device=dev)
+        self.any_stop_at_eos = any(s.vr.request.stop_at_eos for s in seqs)
         self.block_len_host, self.valid_host = self.block_len.cpu(), valid
+        self.masked_host = (ids[:, P:] == self.mask_id) & valid
         self.full_canvas_host = torch.tensor([s.vr.sampler_cls.full_canvas for s in seqs])
         # Sampler groups: rows sharing a sampler class, with their params stacked and their
         # per-sequence state dicts listed once per membership change, not on every step.
         groups: dict[type[Sampler], list[int]] = {}
         for b, s in enumerate(seqs):
             groups.setdefault(s.vr.sampler_cls, []).append(b)
+        # A group of every row reads the batch tensors whole (a slice, not a gather per tensor).
         self.groups = [(cls(
-            [seqs[b].vr.params for b in rows], dev), torch.tensor(rows, device=dev),
+            [seqs[b].vr.params for b in rows], dev),
+            slice(None) if len(rows) == B else torch.tensor(rows, device=dev),
             [seqs[b].state for b in rows])
             for cls, rows in groups.items()]
+        # The statistics the confidence pass computes: those the batch's samplers read
+        self.stat_fields = frozenset().union(*(sampler.stats for sampler, _, _ in self.groups))
         # Block bookkeeping lives on the host as tensors, advanced by each step's status read
         # and written back to the sequences only when membership changes.
         self.block_host = torch.tensor([s.block for s in seqs])
@@ -348,9 +354,11 @@ class Engine:
         t0 = time.perf_counter()
         parts, fresh = self._forward(block_start, block_end)
         forward_s = time.perf_counter() - t0
-        # Statistics for the current block, or the whole canvas for samplers that look at it;
-        # those the forward did not recompute (outside a cached slice) keep their latest values.
-        wanted = in_block_host | (self.full_canvas_host[:, None] & self.valid_host)
+        # Statistics for the current block's masked positions (all a rule can commit), or the
+        # whole canvas for samplers that look at it; those the forward did not recompute
+        # (outside a cached slice) keep their latest values.
+        wanted = ((in_block_host & self.masked_host)
+                  | (self.full_canvas_host[:, None] & self.valid_host))
         rows, cols, logits = self._gather(parts, wanted & fresh)
         in_block = in_block_host.to(dev)
         candidate = masked & in_block
@@ -363,15 +371,17 @@ class Engine:
         embed_group, policy_input = asks[0] if len(asks) == 1 else (None, None)
         stats = confidence_stats(
             logits, temperature=self.temperature[rows] if self.any_sampling else 0.0,
-            seeds=mix(step_keys[rows], cols), exclude_token_id=self.mask_id,
-            policy_input=policy_input)
+            seeds=mix(step_keys[rows], cols) if self.any_sampling else None,
+            exclude_token_id=self.mask_id,
+            policy_input=policy_input, fields=self.stat_fields)
         self.grid_token[rows, cols] = stats.token
         self.grid_stats[rows, :, cols] = torch.stack(
-            [stats.prob, stats.top1, stats.top2, stats.entropy], -1)
+            [getattr(stats, name) for name in STAT_FIELDS], -1)
         shown = wanted.to(dev)
         grid = {"token": torch.where(shown, self.grid_token, 0)}
-        for i, name in enumerate(("prob", "top1", "top2", "entropy")):
-            grid[name] = torch.where(shown, self.grid_stats[:, i], 0.0)
+        for i, name in enumerate(STAT_FIELDS):  # None: no sampler in the batch reads it
+            grid[name] = (torch.where(shown, self.grid_stats[:, i], 0.0)
+                          if name in self.stat_fields else None)
         embedding = None
         if stats.embedding is not None:  # zeros where there are no statistics, like the grids
             embedding = torch.zeros((B, W, stats.embedding.shape[-1]), device=dev)
@@ -380,7 +390,8 @@ class Engine:
         t1 = time.perf_counter()
         for i, (sampler, row_idx, states) in enumerate(self.groups):
             view = StepView(
-                **{k: v[row_idx] for k, v in grid.items()}, candidate=candidate[row_idx],
+                **{k: None if v is None else v[row_idx] for k, v in grid.items()},
+                candidate=candidate[row_idx],
                 masked=masked[row_idx], in_block=in_block[row_idx],
                 valid=self.valid[row_idx], step_in_block=step_in_block[row_idx],
                 block_length=self.block_len[row_idx],
@@ -396,16 +407,21 @@ class Engine:
         canvas = torch.where(commit, grid["token"], canvas)
         self.trace = torch.where(commit, nfe[:, None], self.trace)
         block_done = ~((canvas == self.mask_id) & self.valid & in_block).any(-1)
-        # Block-diffusion models stop only after a block, as their own generate functions do.
-        canvas, eos_done = self._stop_at_eos(
-            canvas, nfe, block_done if self.aligned_block is not None else None)
-        self.ids[:, self.P:] = canvas
         masked = (canvas == self.mask_id) & self.valid
-        all_done = ~masked.any(-1) | eos_done
+        all_done = ~masked.any(-1)
+        if self.any_stop_at_eos:
+            # Block-diffusion models stop only after a block, as their own generate functions do.
+            canvas, eos_done = self._stop_at_eos(
+                canvas, nfe, block_done if self.aligned_block is not None else None)
+            masked = (canvas == self.mask_id) & self.valid
+            all_done = all_done | eos_done
+        self.ids[:, self.P:] = canvas
         watched = self.watched
-        # The one host synchronisation of the step.
-        status = torch.stack([block_done, all_done], -1).cpu()
+        # The one host synchronisation of the step; it brings the mask bits the next step's
+        # statistics are limited to.
+        status = torch.cat([block_done[:, None], all_done[:, None], masked], -1).cpu()
         block_done, done = status[:, 0], status[:, 1] | self.cancelled_host
+        self.masked_host = status[:, 2:]
         self.nfe_host += 1
         self.step_in_block_host = torch.where(block_done, 0, self.step_in_block_host + 1)
         self.block_host += block_done.long()

@@ -16,11 +16,14 @@ kernels.triton_confidence is first imported (it is imported lazily, at the first
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 import torch
 
 from .reference import (
+    FEATURE_STATS,
     POLICY_FEATURES,
+    STAT_FIELDS,
     ConfidenceStats,
     PolicyInput,
     check_policy_input,
@@ -29,8 +32,8 @@ from .reference import (
     policy_features,
 )
 
-__all__ = ["POLICY_FEATURES", "ConfidenceStats", "PolicyInput", "confidence_stats",
-           "policy_features"]
+__all__ = ["FEATURE_STATS", "POLICY_FEATURES", "STAT_FIELDS", "ConfidenceStats", "PolicyInput",
+           "confidence_stats", "policy_features"]
 
 
 def _triton_impl(forced: bool):
@@ -48,11 +51,14 @@ def _triton_impl(forced: bool):
 def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0.0,
                      seeds: torch.Tensor | None = None,
                      exclude_token_id: int | None = None,
-                     policy_input: PolicyInput | None = None) -> ConfidenceStats:
+                     policy_input: PolicyInput | None = None,
+                     fields: Collection[str] = STAT_FIELDS) -> ConfidenceStats:
     """logits [N, V] (fp32/bf16/fp16); temperature: float or float tensor [N], T <= 0 is greedy;
     seeds: int64 [N] per-row RNG keys, required if any T > 0; policy_input: (weight [width, F],
-    bias [width] or None, feature names) of the policy's input Linear. Returns ConfidenceStats
-    of [N] (embedding: fp32 [N, width] if policy_input is given, else None)."""
+    bias [width] or None, feature names) of the policy's input Linear; fields: the statistics
+    the caller reads (the PyTorch path skips top2 and entropy when not asked for and leaves
+    them NaN; the fused kernel computes all in its one pass). Returns ConfidenceStats of [N]
+    (embedding: fp32 [N, width] if policy_input is given, else None)."""
     if logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a float [N, V] tensor, got {logits.dtype} {logits.shape}")
     n, vocab = logits.shape
@@ -97,4 +103,5 @@ def confidence_stats(logits: torch.Tensor, temperature: float | torch.Tensor = 0
                 raise RuntimeError("Triton on CPU tensors needs TRITON_INTERPRET=1, set before "
                                    "unmaskd.kernels.triton_confidence is imported")
             return impl(logits, temps, seeds, exclude_token_id, **extra)
-    return confidence_stats_torch(logits, temps, seeds, exclude_token_id, **extra)
+    return confidence_stats_torch(logits, temps, seeds, exclude_token_id, fields=fields,
+                                  **extra)

@@ -27,7 +27,7 @@ row_key are in rng.py):
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple
 
 import torch
@@ -48,6 +48,8 @@ class ConfidenceStats(NamedTuple):
 
 
 POLICY_FEATURES = ("confidence", "margin", "entropy")  # the names a policy_input may use
+STAT_FIELDS = ("prob", "top1", "top2", "entropy")  # the statistics per position
+FEATURE_STATS = {"confidence": {"prob"}, "margin": {"top1", "top2"}, "entropy": {"entropy"}}
 PolicyInput = tuple[torch.Tensor, torch.Tensor | None, Sequence[str]]
 
 
@@ -110,41 +112,70 @@ def empty_stats(n: int, device: torch.device, width: int | None = None) -> Confi
 def confidence_stats_torch(logits: torch.Tensor, temperature: torch.Tensor | None,
                            seeds: torch.Tensor | None,
                            exclude_token_id: int | None,
-                           policy_input: PolicyInput | None = None) -> ConfidenceStats:
+                           policy_input: PolicyInput | None = None,
+                           fields: Collection[str] = STAT_FIELDS) -> ConfidenceStats:
     """temperature: float [N] or None (greedy); seeds: int64 [N], needed if temperature is set;
-    policy_input: (weight, bias, features) to also return the policy's input embedding."""
+    policy_input: (weight, bias, features) to also return the policy's input embedding;
+    fields: the statistics wanted besides token, prob and top1 (which cost nothing extra):
+    top2 and entropy each take passes over the vocabulary, and are NaN when not asked for.
+    On a CPU these passes are most of a decoding step's work outside the forward."""
     n, vocab = logits.shape
-    out = empty_stats(n, logits.device)
+    if policy_input is not None:  # the embedding reads its features' statistics
+        policy_input = check_policy_input(policy_input, logits.device)
+        fields = set(fields).union(*(FEATURE_STATS[f] for f in policy_input[2]))
     chunk = max(1, CHUNK_BYTES // (vocab * 8))
-    for r0 in range(0, n, chunk):
-        r1 = min(n, r0 + chunk)
-        x = logits[r0:r1].double()
-        if exclude_token_id is not None:  # out of place: .double() may alias fp64 input
-            x = x.index_fill(1, torch.tensor([exclude_token_id], device=x.device), float("-inf"))
-        m = x.amax(dim=1, keepdim=True)
-        m_safe = torch.where(m == float("-inf"), 0.0, m)  # all -inf row: avoid -inf - -inf
-        xc = x - m_safe
-        e = xc.exp()
-        z = e.sum(dim=1, keepdim=True)
-        p = e / z
-        # -sum p log p = log z - sum(p * xc); -inf entries have p = 0 and contribute 0.
-        entropy = z.log().squeeze(1) - torch.where(e > 0, p * xc, 0.0).sum(dim=1)
-        token = x.argmax(dim=1)
-        if temperature is not None:
-            t = temperature[r0:r1].double()
-            sample = t > 0
-            keys = x / torch.where(sample, t, 1.0)[:, None] + gumbel_noise(seeds[r0:r1], vocab)
-            token = torch.where(sample, keys.argmax(dim=1), token)
-        top = p.topk(min(2, vocab), dim=1).values
-        top2 = top[:, 1] if vocab > 1 else torch.zeros_like(top[:, 0])
-        empty = m.squeeze(1) == float("-inf")
-        nan = torch.full_like(entropy, float("nan"))
-        out.token[r0:r1] = torch.where(empty, 0, token)
-        out.prob[r0:r1] = torch.where(empty, nan, p.gather(1, token[:, None]).squeeze(1))
-        out.top1[r0:r1] = torch.where(empty, nan, top[:, 0])
-        out.top2[r0:r1] = torch.where(empty, nan, top2)
-        out.entropy[r0:r1] = torch.where(empty, nan, entropy)
+    parts = [_stats_of_rows(logits[r0:r0 + chunk],
+                            None if temperature is None else temperature[r0:r0 + chunk],
+                            None if seeds is None else seeds[r0:r0 + chunk],
+                            exclude_token_id, "top2" in fields, "entropy" in fields)
+             for r0 in range(0, max(n, 1), chunk)]  # n = 0: one empty chunk
+    out = ConfidenceStats(*(torch.cat(column) if len(parts) > 1 else column[0]
+                            for column in zip(*parts)))
     if policy_input is not None:
-        weight, bias, features = check_policy_input(policy_input, logits.device)
+        weight, bias, features = policy_input
         out = out._replace(embedding=policy_embedding(out, weight, bias, features))
     return out
+
+
+def _stats_of_rows(logits: torch.Tensor, temperature: torch.Tensor | None,
+                   seeds: torch.Tensor | None, exclude_token_id: int | None, want_top2: bool,
+                   want_entropy: bool) -> tuple[torch.Tensor, ...]:
+    """(token, prob, top1, top2, entropy) of a chunk of rows, all in float64 arithmetic."""
+    vocab = logits.shape[1]
+    x = logits.double()
+    if x.data_ptr() == logits.data_ptr():  # fp64 input: .double() aliases it
+        x = x.clone()
+    if exclude_token_id is not None:
+        x[:, exclude_token_id] = float("-inf")
+    m, token = x.max(dim=1, keepdim=True)  # the first maximal index, as argmax gives
+    token = token.squeeze(1)
+    empty = m.squeeze(1) == float("-inf")
+    any_empty = bool(empty.any())  # rare: a row with no finite entry
+    if any_empty:
+        m.masked_fill_(m == float("-inf"), 0.0)  # avoid -inf - -inf
+    if temperature is not None:
+        sample = temperature.double() > 0
+        keys = x / torch.where(sample, temperature.double(), 1.0)[:, None] + gumbel_noise(
+            seeds, vocab)
+        token = torch.where(sample, keys.argmax(dim=1), token)
+    xc = x.sub_(m)
+    e = xc.exp()
+    z = e.sum(dim=1)
+    # softmax(x)[i] = e[i] / z: the same fp64 arithmetic as a full softmax, for the few
+    # entries read; the largest is exp(0) / z
+    prob = e.gather(1, token[:, None]).squeeze(1) / z
+    top1 = 1.0 / z
+    top2 = entropy = torch.full_like(z, float("nan"))
+    if want_top2 and vocab > 1:
+        top2 = e.gather(1, x.topk(2, dim=1).indices[:, 1:]).squeeze(1) / z
+    elif want_top2:
+        top2 = torch.zeros_like(z)
+    if want_entropy:
+        # -sum p log p = log z - sum(p * xc); -inf entries have p = 0 and contribute 0.
+        p = e / z[:, None]
+        entropy = z.log() - torch.where(e > 0, p * xc, 0.0).sum(dim=1)
+    stats = [prob, top1, top2, entropy]
+    if any_empty:  # token 0 and NaN statistics
+        token = token.masked_fill(empty, 0)
+        stats = [s.masked_fill(empty, float("nan")) for s in stats]
+    return token, *(s.float() for s in stats)

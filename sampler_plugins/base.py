@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from unmaskd.kernels import STAT_FIELDS
 from unmaskd.kernels.rng import M32, fmix32
 
 
@@ -33,9 +34,10 @@ class SamplerParams(BaseModel):
 class StepView:
     token: torch.Tensor  # [n, W] long: proposed token per position
     prob: torch.Tensor  # [n, W] float: probability of the proposed token
-    top1: torch.Tensor  # [n, W]
-    top2: torch.Tensor  # [n, W]
-    entropy: torch.Tensor  # [n, W]
+    # The statistics a sampler declares in `stats` beside prob ([n, W]; None if undeclared)
+    top1: torch.Tensor | None
+    top2: torch.Tensor | None
+    entropy: torch.Tensor | None
     candidate: torch.Tensor  # [n, W] bool: still masked and in the current block
     masked: torch.Tensor  # [n, W] bool: still masked anywhere in the canvas
     in_block: torch.Tensor  # [n, W] bool: position belongs to the current block
@@ -60,6 +62,9 @@ class Sampler:
     Params: ClassVar[type[SamplerParams]] = SamplerParams
     needs_probs: ClassVar[bool] = False  # True: the engine passes full distributions (costly)
     full_canvas: ClassVar[bool] = False  # True: statistics for the whole canvas, not one block
+    # The per-position statistics select() reads (token and prob always come): each of top2
+    # and entropy costs passes over the vocabulary on a CPU, so rules declare what they use
+    stats: frozenset[str] = frozenset(STAT_FIELDS)
 
     @classmethod
     def finalize(cls, params: SamplerParams, gen_length: int, block_length: int) -> SamplerParams:

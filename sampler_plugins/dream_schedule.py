@@ -56,6 +56,7 @@ class _DreamRanked(Sampler):
 
 class MaskgitPlus(_DreamRanked):
     name = "maskgit_plus"
+    stats = frozenset({"prob"})
 
     def score(self, view: StepView) -> torch.Tensor:
         return view.prob
@@ -63,6 +64,7 @@ class MaskgitPlus(_DreamRanked):
 
 class Margin(_DreamRanked):
     name = "margin"
+    stats = frozenset({"prob", "top1", "top2"})
 
     def score(self, view: StepView) -> torch.Tensor:
         return view.top1 - view.top2
@@ -70,6 +72,7 @@ class Margin(_DreamRanked):
 
 class Entropy(_DreamRanked):
     name = "entropy"
+    stats = frozenset({"prob", "entropy"})
 
     def score(self, view: StepView) -> torch.Tensor:
         return -view.entropy

@@ -14,6 +14,7 @@ class EBParams(SamplerParams):
 class EntropyBounded(Sampler):
     name = "eb"
     Params = EBParams
+    stats = frozenset({"prob", "entropy"})
 
     def __init__(self, params, device):
         super().__init__(params, device)

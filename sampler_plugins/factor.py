@@ -15,6 +15,7 @@ class FactorParams(SamplerParams):
 class Factor(Sampler):
     name = "factor"
     Params = FactorParams
+    stats = frozenset({"prob"})
 
     def __init__(self, params, device):
         super().__init__(params, device)

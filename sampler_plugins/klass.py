@@ -21,6 +21,7 @@ class Klass(Sampler):
     name = "klass"
     Params = KlassParams
     needs_probs = True
+    stats = frozenset({"prob"})
 
     def __init__(self, params, device):
         super().__init__(params, device)

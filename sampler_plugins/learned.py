@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
-from unmaskd.kernels import policy_features
+from unmaskd.kernels import FEATURE_STATS, policy_features
 from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, counter_uniform
 from unmaskd.sampler_plugins.policy_net import bernoulli_log_prob, unmask_probs
 from unmaskd.sampler_plugins.policy_store import STORE, device_of
@@ -110,6 +110,9 @@ class Learned(Sampler):
         self.tau = self.param_tensor("policy_temperature")
         self.beta = self.param_tensor("beta")
         self.argmax = torch.tensor([p.mode == "bernoulli-argmax" for p in params], device=device)
+        # the statistics this group's policies read (prob too: expert steering ranks by it)
+        features = {f for name, _, _ in self.by_policy for f in STORE.get(name).net.features}
+        self.stats = frozenset({"prob"}).union(*(FEATURE_STATS[f] for f in features))
 
     def policy_input(self):
         """Let the confidence kernel compute the input layer when every row uses one policy

@@ -26,6 +26,7 @@ class ThresholdParams(SamplerParams):
 class Threshold(Sampler):
     name = "threshold"
     Params = ThresholdParams
+    stats = frozenset({"prob"})
 
     def __init__(self, params, device):
         super().__init__(params, device)

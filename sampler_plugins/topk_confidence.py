@@ -10,6 +10,7 @@ from unmaskd.sampler_plugins.base import Sampler, StepView, linear_schedule_coun
 
 class TopKConfidence(Sampler):
     name = "topk_confidence"
+    stats = frozenset({"prob"})
 
     def select(self, view: StepView) -> torch.Tensor:
         return top_n_mask(view.prob, view.candidate, linear_schedule_count(view))

@@ -16,6 +16,7 @@ from unmaskd.sampler_plugins.base import (
 
 class RandomOrder(Sampler):
     name = "random"
+    stats = frozenset({"prob"})  # the engine's fallback commit ranks by it
 
     def select(self, view: StepView) -> torch.Tensor:
         noise = counter_uniform(view.rng_keys, view.prob.shape[-1]).to(view.prob.dtype)

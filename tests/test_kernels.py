@@ -254,7 +254,7 @@ def test_sampling_distribution(impl, draws):
 def test_dispatcher(monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "confidence_stats_torch",
-                        lambda *a: calls.append("torch") or confidence_stats_torch(*a))
+                        lambda *a, **k: calls.append("torch") or confidence_stats_torch(*a, **k))
     logits = torch.randn(3, 10)
     monkeypatch.delenv("UNMASKD_KERNEL", raising=False)
     kernels.confidence_stats(logits)  # CPU tensors default to torch
