@@ -22,10 +22,11 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from unmaskd.kernels import FEATURE_STATS, policy_features
 from unmaskd.sampler_plugins.base import Sampler, SamplerParams, StepView, counter_uniform
-from unmaskd.sampler_plugins.policy_net import bernoulli_log_prob, unmask_probs
+from unmaskd.sampler_plugins.policy_net import PolicyStep, bernoulli_log_prob, unmask_probs
 from unmaskd.sampler_plugins.policy_store import STORE, device_of
 
 log = logging.getLogger(__name__)
+_RECORD = "policy_steps"  # a recording policy's PolicySteps in the sequence's sampler state
 _warned: set[str] = set()  # policies already logged as used on another dLLM
 
 
@@ -159,11 +160,16 @@ class Learned(Sampler):
             logp = bernoulli_log_prob(s, action, decide)
             expert = torch.tensor(policy.expert_threshold is not None, device=dev)
             for j, row in enumerate(rows):
-                view.states[row].setdefault("steps", []).append({
-                    "feats": feats[j], "mask_bits": mask_bits[j], "t": t[j], "valid": valid[j],
-                    "decide": decide[j], "action": action[j], "logp": logp[j],
-                    "expert": expert})
+                view.states[row].setdefault(_RECORD, []).append(PolicyStep(
+                    feats[j], mask_bits[j], t[j], valid[j], decide[j], action[j], logp[j],
+                    expert))
         return action
+
+
+def recorded_steps(sampler_state: dict) -> list[PolicyStep]:
+    """A finished rollout's training record (its SequenceResult.sampler_state), one PolicyStep
+    per step; empty unless its policy records."""
+    return sampler_state.get(_RECORD, [])
 
 
 def _setting(block_length: int, gen_length: int) -> str:

@@ -11,6 +11,7 @@ sigmoid(-2) = 0.12 unmask probability: slow and accurate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -103,3 +104,26 @@ def bernoulli_log_prob(s: torch.Tensor, action: torch.Tensor, decide: torch.Tens
     s = s.clamp(eps, 1 - eps)
     lp = torch.where(action, s.log(), (1 - s).log())
     return (lp * decide).sum(-1)
+
+
+@dataclass
+class PolicyStep:
+    """What a recording policy saw and did at one step of one rollout (GRPO's training record),
+    or, from `stack`, of many: every field gains a leading step dimension."""
+
+    feats: torch.Tensor  # [W, F] the network's input features
+    mask_bits: torch.Tensor  # [W] bool: still masked
+    t: torch.Tensor  # [] time, NFE / L
+    valid: torch.Tensor  # [W] bool: inside the canvas
+    decide: torch.Tensor  # [W] bool: the positions the policy decided (the block's masks)
+    action: torch.Tensor  # [W] bool: the positions it committed
+    logp: torch.Tensor  # [] the policy's log-likelihood of the action when it was taken
+    expert: torch.Tensor  # [] bool: the commit followed the expert's rule (steering)
+
+    @classmethod
+    def stack(cls, steps: list[PolicyStep]) -> PolicyStep:
+        return cls(*(torch.stack([getattr(s, f.name) for s in steps]) for f in fields(cls)))
+
+    def logits(self, net: PolicyNet) -> torch.Tensor:
+        """The network's unmask logits for these (stacked) steps."""
+        return net(self.feats, self.mask_bits, self.t, self.valid)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from unmaskd.engine.sequence import GenerationRequest, InvalidRequest
+from unmaskd.sampler_plugins.learned import recorded_steps
 from unmaskd.sampler_plugins.policy_net import PolicyNet, bernoulli_log_prob, unmask_probs
 from unmaskd.sampler_plugins.policy_store import (
     STORE,
@@ -164,9 +165,9 @@ def test_expert_rollouts_follow_the_threshold_rule(tiny_engine, tiny_model_dir):
         ids, "threshold", {"threshold": 0.3}, gen_length=16, block_length=16, steps=16)])
     assert expert.token_ids == reference.token_ids and expert.nfe == reference.nfe
     assert max(expert.step_counts) > 1 and min(expert.step_counts) == 1  # both paths
-    steps = expert.sampler_state["steps"]
-    assert len(steps) == expert.nfe and all(bool(s["expert"]) for s in steps)
-    assert [int(s["action"].sum()) for s in steps] == expert.step_counts
+    steps = recorded_steps(expert.sampler_state)
+    assert len(steps) == expert.nfe and all(bool(s.expert) for s in steps)
+    assert [int(s.action.sum()) for s in steps] == expert.step_counts
 
 
 def test_mixture_likelihood_of_expert_steps():
@@ -367,7 +368,7 @@ def test_first_grpo_pass_reproduces_the_rollout_likelihood(tiny_engine):
             steps=16, seed=1)])
     finally:
         STORE.remove("rec")
-    steps = r.sampler_state["steps"]
+    steps = recorded_steps(r.sampler_state)
     assert len(steps) == r.nfe >= 4
     loss = grpo_loss(net, steps, torch.ones(len(steps)), clip=0.5)
     assert loss.item() == pytest.approx(-1.0, abs=1e-6)

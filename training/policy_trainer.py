@@ -65,7 +65,14 @@ from unmaskd.engine.model_args import (
     resolve_block_length,
 )
 from unmaskd.engine.sequence import GenerationRequest, SequenceResult
-from unmaskd.sampler_plugins.policy_net import FEATURES, PolicyNet, bernoulli_log_prob, unmask_probs
+from unmaskd.sampler_plugins.learned import recorded_steps
+from unmaskd.sampler_plugins.policy_net import (
+    FEATURES,
+    PolicyNet,
+    PolicyStep,
+    bernoulli_log_prob,
+    unmask_probs,
+)
 from unmaskd.sampler_plugins.policy_store import (
     STORE,
     OtherModelError,
@@ -90,6 +97,7 @@ from unmaskd.tasks.jsonl import (
 
 TRAIN_POLICY = "__training__"
 TRAIN_EXPERT = "__training_expert__"
+TRAIN_VALIDATE = "__training_validate__"  # the same network, decoding as served: no record
 RewardFn = Callable[[SequenceResult, Problem | Example, int], float]
 Check = Callable[[str, object], bool]  # output text, problem.value -> correct?
 
@@ -252,17 +260,14 @@ def mixture_log_prob(logp: torch.Tensor, expert: torch.Tensor, mix: float) -> to
     return torch.where(expert, mixed, logp)
 
 
-def grpo_loss(net, steps: list[dict], advantages: torch.Tensor, clip: float,
+def grpo_loss(net, steps: list[PolicyStep], advantages: torch.Tensor, clip: float,
               expert_mix: float = 1.0, policy_temperature: float = 1.0) -> torch.Tensor:
     """Clipped PPO objective over every recorded step (mean over steps)."""
-    feats = torch.stack([s["feats"] for s in steps])
-    logits = net(feats, torch.stack([s["mask_bits"] for s in steps]),
-                 torch.stack([s["t"] for s in steps]), torch.stack([s["valid"] for s in steps]))
-    decide = torch.stack([s["decide"] for s in steps])
-    s_probs = unmask_probs(logits, policy_temperature, ROLLOUT_KNOBS["beta"])
-    logp = bernoulli_log_prob(s_probs, torch.stack([s["action"] for s in steps]), decide)
-    expert = torch.stack([s["expert"] for s in steps])
-    old = mixture_log_prob(torch.stack([s["logp"] for s in steps]), expert, expert_mix)
+    batch = PolicyStep.stack(steps)
+    s_probs = unmask_probs(batch.logits(net), policy_temperature, ROLLOUT_KNOBS["beta"])
+    logp = bernoulli_log_prob(s_probs, batch.action, batch.decide)
+    expert = batch.expert
+    old = mixture_log_prob(batch.logp, expert, expert_mix)
     ratio = torch.exp(mixture_log_prob(logp, expert, expert_mix) - old)
     clipped = ratio.clamp(1 - clip, 1 + clip)
     return -torch.minimum(ratio * advantages, clipped * advantages).mean()
@@ -318,6 +323,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
     STORE.add(Policy(TRAIN_POLICY, net, {"block_length": block_length}, record=True))
     STORE.add(Policy(TRAIN_EXPERT, net, {"block_length": block_length}, record=True,
                      expert_threshold=args.expert_threshold))
+    STORE.add(Policy(TRAIN_VALIDATE, net, {"block_length": block_length}))
     P, G, E = args.prompts_per_step, args.group_size, args.expert_rollouts
     stream = ProblemStream(problems, rank, world, cursor)
     knobs = {**ROLLOUT_KNOBS, "policy_temperature": args.policy_temperature}
@@ -349,7 +355,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
             if not g.informative:
                 continue
             for r, a in zip(g.results, (g.rewards - g.rewards.mean()).tolist()):
-                recs = r.sampler_state.get("steps", [])
+                recs = recorded_steps(r.sampler_state)
                 steps += recs
                 step_adv += [a] * len(recs)
         net.train()
@@ -371,13 +377,13 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         # the first draw's policy rollouts: what the policy does on the data, not on the
         # prompts dynamic sampling kept
         own = [(r, c) for g in first for r, c in zip(g.results[:G], g.correct[:G])]
-        all_steps = [s for r, _ in own for s in r.sampler_state.get("steps", [])]
+        all_steps = [s for r, _ in own for s in recorded_steps(r.sampler_state)]
         record = {
             "iteration": it + 1,
             "reward": torch.cat([g.rewards[:G] for g in first]).mean().item(),
             "accuracy": sum(c for _, c in own) / len(own),
             "nfe": sum(r.nfe for r, _ in own) / len(own),
-            "still_masked": torch.stack([s["mask_bits"].float().sum() / s["valid"].float().sum()
+            "still_masked": torch.stack([s.mask_bits.float().sum() / s.valid.float().sum()
                                          for s in all_steps]).mean().item(),
             "unmask_prob": _mean_unmask_prob(net, all_steps),
             "zero_advantage": sum(not g.informative for g in first) / len(first),
@@ -423,6 +429,7 @@ def train(argv: list[str] | None = None, reward_fn: RewardFn | None = None) -> P
         dist.destroy_process_group()
     STORE.remove(TRAIN_POLICY)
     STORE.remove(TRAIN_EXPERT)
+    STORE.remove(TRAIN_VALIDATE)
     return out / "policy"
 
 
@@ -467,18 +474,13 @@ def dummy_inputs(net: PolicyNet, device: str) -> tuple[torch.Tensor, ...]:
     return feats, ones, torch.zeros(1, device=device), ones
 
 
-def _mean_unmask_prob(net, steps: list[dict]) -> float:
+def _mean_unmask_prob(net, steps: list[PolicyStep]) -> float:
     """Mean policy unmask probability over deciding positions (diagnostic)."""
     if not steps:
         return 0.0
     with torch.no_grad():
-        sample = steps[:: max(1, len(steps) // 64)]
-        logits = net(torch.stack([s["feats"] for s in sample]),
-                     torch.stack([s["mask_bits"] for s in sample]),
-                     torch.stack([s["t"] for s in sample]),
-                     torch.stack([s["valid"] for s in sample]))
-        decide = torch.stack([s["decide"] for s in sample])
-        return torch.sigmoid(logits)[decide].mean().item()
+        sample = PolicyStep.stack(steps[:: max(1, len(steps) // 64)])
+        return torch.sigmoid(sample.logits(net))[sample.decide].mean().item()
 
 
 def training_data(args: argparse.Namespace, engine: Engine, n: int
@@ -510,13 +512,9 @@ def validate(engine: Engine, problems: list[Problem] | list[Example], check: Che
              gen_length: int, block_length: int) -> dict:
     n = len(problems)
     reqs = [GenerationRequest(engine.tokenizer(p.prompt)["input_ids"], "learned",
-                              {"policy": TRAIN_POLICY}, gen_length=gen_length,
+                              {"policy": TRAIN_VALIDATE}, gen_length=gen_length,
                               block_length=block_length) for p in problems]
-    STORE.policies[TRAIN_POLICY].record = False
-    try:
-        results = engine.generate(reqs)
-    finally:
-        STORE.policies[TRAIN_POLICY].record = True
+    results = engine.generate(reqs)
     acc = sum(check(r.text, p.value) for r, p in zip(results, problems)) / n
     return {"val_accuracy": acc, "val_nfe": sum(r.nfe for r in results) / n}
 
