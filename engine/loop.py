@@ -4,15 +4,16 @@
     results = engine.generate([GenerationRequest(prompt_ids=ids, sampler="threshold")])
 
 This is the project's one decoding loop: the CLI, the offline eval, the server's continuous
-batching and the learned policy's rollouts all call `Engine.step()`. One step for the batch:
-the dLLM's logits for each row (`_forward`); confidence statistics of each row's current block
-(or whole canvas, for samplers that look at it) through `kernels.confidence_stats`; each sampler
-group picks positions; the engine enforces the invariants and commits; blocks advance; finished
-rows retire. The only host synchronisation per step is the small status read that retires rows.
+batching and the learned policy's rollouts all call `Engine.step()`. One step for the batch
+(`Batch`, engine/batch.py, rebuilt when membership changes): the dLLM's logits for each row
+(`_forward`); confidence statistics of each row's current block's masked positions (or whole
+canvas, for samplers that look at it) through `kernels.confidence_stats`, as a `StepView`
+(`_step_view`); each sampler group picks positions; the engine enforces the invariants and
+commits; blocks advance; finished rows retire (`_commit`). The only host synchronisation per
+step is the small status read that retires rows.
 
-Layout: rows are left-padded so every prompt ends at column P; canvases start at P and are
-right-padded to the widest canvas. Padding is masked out of attention and positions count real
-tokens only, so a row's logits do not depend on its batch.
+Padding is masked out of attention and positions count real tokens only, so a row's logits do
+not depend on its batch.
 
 Caches (`cache="prefix"|"dual"`, Fast-dLLM's semantics): a row at the start of a block runs a full
 forward that refills its keys/values; a row later in its block runs a forward over only the block
@@ -23,12 +24,13 @@ of rows share a step (two forwards, one per kind), and a row counts one NFE per 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from unmaskd.dllm.family import DiffusionLM
-from unmaskd.engine.kv_cache import CACHE_MODES, KVCache
+from unmaskd.engine.batch import Batch, Sequence
+from unmaskd.engine.kv_cache import CACHE_MODES
 from unmaskd.engine.sequence import (
     GenerationRequest,
     InvalidRequest,
@@ -38,7 +40,7 @@ from unmaskd.engine.sequence import (
 )
 from unmaskd.kernels import STAT_FIELDS, confidence_stats
 from unmaskd.kernels.rng import mix
-from unmaskd.sampler_plugins import Sampler, StepView
+from unmaskd.sampler_plugins import StepView
 
 
 def step_rng_keys(seed_keys: torch.Tensor, nfe: torch.Tensor) -> torch.Tensor:
@@ -62,30 +64,6 @@ def enforce_invariants(commit: torch.Tensor, candidate: torch.Tensor, prob: torc
     # Last allowed step of the block: commit everything left in it.
     last = (step_in_block + 1 >= steps_per_block)[:, None]
     return commit | (last & candidate)
-
-
-@dataclass
-class Sequence:
-    """One request's state. Its canvas lives in the batch tensors while it is active."""
-
-    id: int
-    vr: ValidatedRequest
-    canvas: torch.Tensor  # [gen_length] long, current tokens (mask where undecided)
-    trace: torch.Tensor  # [gen_length] long, commit step per position, -1 while masked
-    block: int = 0
-    step_in_block: int = 0
-    nfe: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    state: dict = field(default_factory=dict)  # the sampler's per-sequence state
-    cancelled: bool = False
-    # While the batch changes: the row's cached keys/values (prompt and canvas columns) and the
-    # latest statistics of each canvas position (token [L], prob/top1/top2/entropy [4, L]).
-    kv: torch.Tensor | None = None
-    stats: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def prompt_ids(self) -> list[int]:
-        return self.vr.request.prompt_ids
 
 
 @dataclass
@@ -119,7 +97,7 @@ class Engine:
         self.cfg = model.config
         self.device = torch.device(device)
         self.cache = cache
-        self.kv: KVCache | None = None
+        self.batch: Batch | None = None  # the active requests as tensors (engine/batch.py)
         # Block-diffusion models (block-causal attention) decode blocks aligned to position 0
         # over an exact cache of finished blocks; the model says so, not its family.
         self.aligned_block = model.block_size if model.block_causal else None
@@ -156,7 +134,8 @@ class Engine:
     @property
     def cache_bytes(self) -> int:
         """Memory held by the batch's key/value cache (0 without a cache or an empty batch)."""
-        return self.kv.nbytes if self.kv is not None else 0
+        kv = self.batch.kv if self.batch is not None else None
+        return kv.nbytes if kv is not None else 0
 
     # ---- requests in and out ------------------------------------------------------------
     def validate(self, req: GenerationRequest) -> ValidatedRequest:
@@ -200,7 +179,7 @@ class Engine:
     def add(self, req: GenerationRequest | ValidatedRequest) -> int:
         vr = req if isinstance(req, ValidatedRequest) else self.validate(req)
         if self.active and not self._dirty:  # running rows live in the batch tensors
-            self._sync_out()
+            self.batch.write_back(self.active)
         L = vr.gen_length
         seq = Sequence(self._next_id, vr,
                        canvas=torch.full((L,), self.mask_id, dtype=torch.long),
@@ -216,12 +195,12 @@ class Engine:
             if seq.id == request_id:
                 seq.cancelled = True
                 if not self._dirty:
-                    self.cancelled_host[b] = True
+                    self.batch.cancelled_host[b] = True
 
     def abort_all(self) -> None:
         """Drop every active request (after a failed step, or at shutdown)."""
         self.active.clear()
-        self.kv = None
+        self.batch = None
         self._dirty = True
 
     def generate(self, requests: list[GenerationRequest], max_batch_size: int = 256,
@@ -244,243 +223,174 @@ class Engine:
 
     # ---- the batch ----------------------------------------------------------------------
     def _rebuild(self) -> None:
-        seqs = self.active
-        dev = self.device
-        P = max(len(s.prompt_ids) for s in seqs)
-        W = max(s.vr.gen_length for s in seqs)
-        B = len(seqs)
-        ids = torch.full((B, P + W), self.eos_id, dtype=torch.long)
-        attn = torch.zeros((B, P + W), dtype=torch.bool)
-        valid = torch.zeros((B, W), dtype=torch.bool)
-        trace = torch.full((B, W), -1, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            p, L = s.prompt_ids, s.vr.gen_length
-            ids[b, P - len(p): P] = torch.tensor(p)
-            ids[b, P: P + L] = s.canvas
-            attn[b, P - len(p): P + L] = True
-            valid[b, :L] = True
-            trace[b, :L] = s.trace
-        self.P, self.W = P, W
-        self.ids, self.attn, self.valid = ids.to(dev), attn.to(dev), valid.to(dev)
-        self.positions = (self.attn.long().cumsum(-1) - 1).clamp(min=0)
-        self.trace = trace.to(dev)
-        self.prompt_len_host = torch.tensor([len(s.prompt_ids) for s in seqs])
-        self.gen_len_host = torch.tensor([s.vr.gen_length for s in seqs])
-        # The latest statistics of every position, kept across steps: with a cache, a position
-        # outside the recomputed slice keeps those of the forward that last computed it.
-        self.grid_token = torch.zeros((B, W), dtype=torch.long, device=dev)
-        self.grid_stats = torch.zeros((B, 4, W), dtype=torch.float32, device=dev)
-        self.kv = None
+        kv = None
         if self.cache != "none" or self.aligned_block is not None:
-            dtype = next(self.model.parameters()).dtype
-            self.kv = KVCache(self.model.kv_layout, self.attn, dtype)
-        for b, s in enumerate(seqs):
-            if s.stats is not None:
-                L = s.vr.gen_length
-                self.grid_token[b, :L], self.grid_stats[b, :, :L] = s.stats
-            if self.kv is not None and s.kv is not None:
-                self.kv.place(b, P - len(s.prompt_ids), s.kv)
-            s.kv = None  # the batch holds it now: one copy of a cache, not two
-        temps = [s.vr.request.temperature for s in seqs]
-        self.temperature = torch.tensor(temps, device=dev)
-        self.any_sampling = any(t > 0 for t in temps)
-        self.seed_keys = torch.tensor([s.vr.request.seed for s in seqs], dtype=torch.long,
-                                      device=dev)
-        self.block_len = torch.tensor([s.vr.block_length for s in seqs], device=dev)
-        self.steps_per_block = torch.tensor([s.vr.steps_per_block for s in seqs], device=dev)
-        self.block_offset_host = torch.tensor([s.vr.block_offset for s in seqs])
-        if self.aligned_block is not None:  # each key's block, past the end for padding
-            blocks = self.positions // self.block_len[:, None]
-            self.key_block = torch.cat([torch.where(self.attn, blocks, P + W),
-                                        torch.full((B, 1), P + W, device=dev)], -1)
-        self.gen_len = torch.tensor([s.vr.gen_length for s in seqs], device=dev)
-        self.stop_at_eos = torch.tensor([s.vr.request.stop_at_eos for s in seqs], device=dev)
-        self.any_stop_at_eos = any(s.vr.request.stop_at_eos for s in seqs)
-        self.block_len_host, self.valid_host = self.block_len.cpu(), valid
-        self.masked_host = (ids[:, P:] == self.mask_id) & valid
-        self.full_canvas_host = torch.tensor([s.vr.sampler_cls.full_canvas for s in seqs])
-        # Sampler groups: rows sharing a sampler class, with their params stacked and their
-        # per-sequence state dicts listed once per membership change, not on every step.
-        groups: dict[type[Sampler], list[int]] = {}
-        for b, s in enumerate(seqs):
-            groups.setdefault(s.vr.sampler_cls, []).append(b)
-        # A group of every row reads the batch tensors whole (a slice, not a gather per tensor).
-        self.groups = [(cls(
-            [seqs[b].vr.params for b in rows], dev),
-            slice(None) if len(rows) == B else torch.tensor(rows, device=dev),
-            [seqs[b].state for b in rows])
-            for cls, rows in groups.items()]
-        # The statistics the confidence pass computes: those the batch's samplers read
-        self.stat_fields = frozenset().union(*(sampler.stats for sampler, _, _ in self.groups))
-        # Block bookkeeping lives on the host as tensors, advanced by each step's status read
-        # and written back to the sequences only when membership changes.
-        self.block_host = torch.tensor([s.block for s in seqs])
-        self.step_in_block_host = torch.tensor([s.step_in_block for s in seqs])
-        self.nfe_host = torch.tensor([s.nfe for s in seqs])
-        self.cancelled_host = torch.tensor([s.cancelled for s in seqs])
-        self.watched = [b for b, s in enumerate(seqs) if s.vr.request.watch]
+            kv = (self.model.kv_layout, next(self.model.parameters()).dtype)
+        self.batch = Batch.build(self.active, device=self.device, mask_id=self.mask_id,
+                                 eos_id=self.eos_id, kv=kv,
+                                 aligned_block=self.aligned_block is not None)
         self._dirty = False
-
-    def _sync_out(self) -> None:
-        """Copy the batch's canvases back into the sequences before membership changes."""
-        canvas = self.ids[:, self.P:].cpu()
-        trace = self.trace.cpu()
-        counters = torch.stack([self.block_host, self.step_in_block_host, self.nfe_host], -1)
-        for b, (s, (block, step_in_block, nfe)) in enumerate(zip(self.active, counters.tolist())):
-            L = s.vr.gen_length
-            s.canvas, s.trace = canvas[b, :L].clone(), trace[b, :L].clone()
-            s.block, s.step_in_block, s.nfe = block, step_in_block, nfe
-            s.stats = (self.grid_token[b, :L].clone(), self.grid_stats[b, :, :L].clone())
-            if self.kv is not None:
-                s.kv = self.kv.row(b, self.P - len(s.prompt_ids), self.P + L)
 
     # ---- one denoising step -------------------------------------------------------------
     @torch.no_grad()
     def step(self) -> StepReport:
+        """One denoising step for the batch: the forward, the statistics, each sampler group's
+        choice, the commit, and the one host read that retires finished rows."""
         if self._dirty:
             self._rebuild()
-        seqs, W, dev = self.active, self.W, self.device
-        B = len(seqs)
-        canvas = self.ids[:, self.P:]
-        masked = (canvas == self.mask_id) & self.valid
+        batch = self.batch
         # Block bookkeeping is host-side (updated by the previous step's status read), so the
         # rows and columns to compute are known without asking the device.
-        step_in_block = self.step_in_block_host.to(dev)
-        nfe = self.nfe_host.to(dev)
-        col = torch.arange(W)
-        block_end = (self.block_host + 1) * self.block_len_host - self.block_offset_host
-        block_start = (block_end - self.block_len_host).clamp(min=0)
-        in_block_host = (col >= block_start[:, None]) & (col < block_end[:, None])
+        block_end = (batch.block_host + 1) * batch.block_len_host - batch.block_offset_host
+        block_start = (block_end - batch.block_len_host).clamp(min=0)
+        col = torch.arange(batch.W)
+        in_block = (col >= block_start[:, None]) & (col < block_end[:, None])
         t0 = time.perf_counter()
         parts, fresh = self._forward(block_start, block_end)
         forward_s = time.perf_counter() - t0
+        view, embed_group = self._step_view(parts, fresh, in_block)
+        t1 = time.perf_counter()
+        commit = torch.zeros_like(view.candidate)
+        for i, (sampler, row_idx, states) in enumerate(batch.groups):
+            rows = view.of_rows(
+                row_idx, states,
+                probs=self._probs(parts, fresh, row_idx) if sampler.needs_probs else None,
+                embedding=view.embedding[row_idx] if i == embed_group else None)
+            commit[row_idx] = sampler.select(rows).to(torch.bool)
+        sampler_s = time.perf_counter() - t1
+        finished, events = self._commit(view, commit)
+        return StepReport([self._result(s) for s in finished], events, len(view.candidate),
+                          forward_s, sampler_s, self.cache_bytes)
+
+    def _step_view(self, parts, fresh: torch.Tensor, in_block_host: torch.Tensor
+                   ) -> tuple[StepView, int | None]:
+        """The whole batch's StepView for this step's logits, and which sampler group gets the
+        policy input layer the kernel applied (None: none asked or it was not granted)."""
+        batch, dev = self.batch, self.device
+        canvas = batch.canvas
+        masked = (canvas == self.mask_id) & batch.valid
+        nfe = batch.nfe_host.to(dev)
         # Statistics for the current block's masked positions (all a rule can commit), or the
         # whole canvas for samplers that look at it; those the forward did not recompute
         # (outside a cached slice) keep their latest values.
-        wanted = ((in_block_host & self.masked_host)
-                  | (self.full_canvas_host[:, None] & self.valid_host))
+        wanted = ((in_block_host & batch.masked_host)
+                  | (batch.full_canvas_host[:, None] & batch.valid_host))
         rows, cols, logits = self._gather(parts, wanted & fresh)
-        in_block = in_block_host.to(dev)
-        candidate = masked & in_block
-        step_keys = step_rng_keys(self.seed_keys, nfe)
+        step_keys = step_rng_keys(batch.seed_keys, nfe)
         # A sampler may have the kernel apply its input layer too (the learned policy); one
         # sampler per step gets it, in the same pass over the logits. Not with a cache: some
         # of its statistics are then kept from earlier steps, not computed in this pass.
-        asks = [(i, p) for i, (s, _, _) in enumerate(self.groups)
-                if self.kv is None and (p := s.policy_input()) is not None]
+        asks = [(i, p) for i, (s, _, _) in enumerate(batch.groups)
+                if batch.kv is None and (p := s.policy_input()) is not None]
         embed_group, policy_input = asks[0] if len(asks) == 1 else (None, None)
         stats = confidence_stats(
-            logits, temperature=self.temperature[rows] if self.any_sampling else 0.0,
-            seeds=mix(step_keys[rows], cols) if self.any_sampling else None,
-            exclude_token_id=self.mask_id,
-            policy_input=policy_input, fields=self.stat_fields)
-        self.grid_token[rows, cols] = stats.token
-        self.grid_stats[rows, :, cols] = torch.stack(
+            logits, temperature=batch.temperature[rows] if batch.any_sampling else 0.0,
+            seeds=mix(step_keys[rows], cols) if batch.any_sampling else None,
+            exclude_token_id=self.mask_id, policy_input=policy_input, fields=batch.stat_fields)
+        batch.grid_token[rows, cols] = stats.token
+        batch.grid_stats[rows, :, cols] = torch.stack(
             [getattr(stats, name) for name in STAT_FIELDS], -1)
         shown = wanted.to(dev)
-        grid = {"token": torch.where(shown, self.grid_token, 0)}
-        for i, name in enumerate(STAT_FIELDS):  # None: no sampler in the batch reads it
-            grid[name] = (torch.where(shown, self.grid_stats[:, i], 0.0)
-                          if name in self.stat_fields else None)
+        grid = {name: (torch.where(shown, batch.grid_stats[:, i], 0.0)
+                       if name in batch.stat_fields else None)  # None: no sampler reads it
+                for i, name in enumerate(STAT_FIELDS)}
         embedding = None
         if stats.embedding is not None:  # zeros where there are no statistics, like the grids
-            embedding = torch.zeros((B, W, stats.embedding.shape[-1]), device=dev)
+            embedding = torch.zeros((*canvas.shape, stats.embedding.shape[-1]), device=dev)
             embedding[rows, cols] = stats.embedding
-        commit = torch.zeros((B, W), dtype=torch.bool, device=dev)
-        t1 = time.perf_counter()
-        for i, (sampler, row_idx, states) in enumerate(self.groups):
-            view = StepView(
-                **{k: None if v is None else v[row_idx] for k, v in grid.items()},
-                candidate=candidate[row_idx],
-                masked=masked[row_idx], in_block=in_block[row_idx],
-                valid=self.valid[row_idx], step_in_block=step_in_block[row_idx],
-                block_length=self.block_len[row_idx],
-                steps_per_block=self.steps_per_block[row_idx], nfe=nfe[row_idx],
-                gen_length=self.gen_len[row_idx], rng_keys=step_keys[row_idx],
-                probs=(self._probs(parts, fresh, row_idx) if sampler.needs_probs else None),
-                embedding=(embedding[row_idx] if embedding is not None and i == embed_group
-                           else None),
-                states=states)
-            commit[row_idx] = sampler.select(view).to(torch.bool)
-        t2 = time.perf_counter()
-        commit = self._enforce(commit, candidate, grid["prob"], step_in_block)
-        canvas = torch.where(commit, grid["token"], canvas)
-        self.trace = torch.where(commit, nfe[:, None], self.trace)
-        block_done = ~((canvas == self.mask_id) & self.valid & in_block).any(-1)
-        masked = (canvas == self.mask_id) & self.valid
+        in_block = in_block_host.to(dev)
+        view = StepView(
+            token=torch.where(shown, batch.grid_token, 0), **grid,
+            candidate=masked & in_block, masked=masked, in_block=in_block, valid=batch.valid,
+            step_in_block=batch.step_in_block_host.to(dev), block_length=batch.block_len,
+            steps_per_block=batch.steps_per_block, nfe=nfe, gen_length=batch.gen_len,
+            rng_keys=step_keys, embedding=embedding)
+        return view, embed_group
+
+    def _commit(self, view: StepView, commit: torch.Tensor
+                ) -> tuple[list[Sequence], list[StepEvent]]:
+        """Hold the samplers' choice to the invariants, commit it, stop rows at EOS, advance
+        blocks, and read which rows finished (the step's one host synchronisation)."""
+        batch, seqs = self.batch, self.active
+        commit = self._enforce(commit, view.candidate, view.prob, view.step_in_block)
+        canvas = torch.where(commit, view.token, batch.canvas)
+        batch.trace = torch.where(commit, view.nfe[:, None], batch.trace)
+        block_done = ~((canvas == self.mask_id) & batch.valid & view.in_block).any(-1)
+        masked = (canvas == self.mask_id) & batch.valid
         all_done = ~masked.any(-1)
-        if self.any_stop_at_eos:
+        if batch.any_stop_at_eos:
             # Block-diffusion models stop only after a block, as their own generate functions do.
             canvas, eos_done = self._stop_at_eos(
-                canvas, nfe, block_done if self.aligned_block is not None else None)
-            masked = (canvas == self.mask_id) & self.valid
+                canvas, view.nfe, block_done if self.aligned_block is not None else None)
+            masked = (canvas == self.mask_id) & batch.valid
             all_done = all_done | eos_done
-        self.ids[:, self.P:] = canvas
-        watched = self.watched
+        batch.canvas[:] = canvas
         # The one host synchronisation of the step; it brings the mask bits the next step's
         # statistics are limited to.
         status = torch.cat([block_done[:, None], all_done[:, None], masked], -1).cpu()
-        block_done, done = status[:, 0], status[:, 1] | self.cancelled_host
-        self.masked_host = status[:, 2:]
-        self.nfe_host += 1
-        self.step_in_block_host = torch.where(block_done, 0, self.step_in_block_host + 1)
-        self.block_host += block_done.long()
+        block_done, done = status[:, 0], status[:, 1] | batch.cancelled_host
+        batch.masked_host = status[:, 2:]
+        batch.nfe_host += 1
+        batch.step_in_block_host = torch.where(block_done, 0, batch.step_in_block_host + 1)
+        batch.block_host += block_done.long()
         events = []
-        if watched:
-            commit_host, canvas_host = commit[watched].cpu(), canvas[watched].cpu()
-            for i, b in enumerate(watched):
+        if batch.watched:
+            commit_host, canvas_host = commit[batch.watched].cpu(), canvas[batch.watched].cpu()
+            for i, b in enumerate(batch.watched):
                 L = seqs[b].vr.gen_length
-                events.append(StepEvent(seqs[b].id, int(self.nfe_host[b]),
+                events.append(StepEvent(seqs[b].id, int(batch.nfe_host[b]),
                                         commit_host[i, :L].nonzero().flatten().tolist(),
                                         canvas_host[i, :L].tolist()))
         finished = [seqs[b] for b in done.nonzero().flatten().tolist()]
         if finished:
-            self._sync_out()
+            batch.write_back(seqs)
             self.active = [s for s in seqs if s not in finished]
             self._dirty = True
             if not self.active:  # free the cache now, not when the next request arrives
-                self.kv = None
-        return StepReport([self._result(s) for s in finished], events, B, forward_s, t2 - t1,
-                          self.cache_bytes)
+                self.batch = None
+        return finished, events
 
     def _enforce(self, commit, candidate, prob, step_in_block) -> torch.Tensor:
-        return enforce_invariants(commit, candidate, prob, step_in_block, self.steps_per_block)
+        batch = self.batch
+        return enforce_invariants(commit, candidate, prob, step_in_block, batch.steps_per_block)
 
     def _stop_at_eos(self, canvas, nfe, block_done: torch.Tensor | None = None):
         """With stop_at_eos, once everything before the first committed EOS is decided (and, if
         given, the current block is), the rest of the canvas becomes EOS and the row is done."""
+        batch = self.batch
         W = canvas.shape[1]
         col = torch.arange(W, device=canvas.device)
-        is_eos = torch.isin(canvas, self.stop_ids_dev) & self.valid
+        is_eos = torch.isin(canvas, self.stop_ids_dev) & batch.valid
         first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), W)[:, None]
-        undecided = (canvas == self.mask_id) & self.valid
+        undecided = (canvas == self.mask_id) & batch.valid
         prefix_done = ~(undecided & (col < first)).any(-1) & is_eos.any(-1)
-        done = prefix_done & self.stop_at_eos
+        done = prefix_done & batch.stop_at_eos
         if block_done is not None:
             done = done & block_done
         fill = done[:, None] & undecided
-        self.trace = torch.where(fill, nfe[:, None], self.trace)
+        batch.trace = torch.where(fill, nfe[:, None], batch.trace)
         return torch.where(fill, self.eos_id, canvas), done
 
     def _forward(self, block_start: torch.Tensor, block_end: torch.Tensor):
         """The dLLM's logits for this step. Returns ([(rows, logits [n, Q, V], first)], fresh):
         logits[j, q] belongs to canvas column first[j] + q of batch row rows[j]; fresh [B, W]
         marks the canvas columns that have logits this step. Host tensors but the logits."""
+        batch = self.batch
         if self.aligned_block is not None:
             return self._forward_aligned(block_start, block_end)
-        B, P, W, dev = len(self.active), self.P, self.W, self.device
+        B, P, W, dev = len(self.active), batch.P, batch.W, self.device
         off = self.model.logit_offset  # logits at column x predict column x + off
-        full = (torch.ones(B, dtype=torch.bool) if self.kv is None
-                else self.step_in_block_host == 0)  # block start: refill the row's cache
+        full = (torch.ones(B, dtype=torch.bool) if batch.kv is None
+                else batch.step_in_block_host == 0)  # block start: refill the row's cache
         parts, fresh = [], torch.zeros((B, W), dtype=torch.bool)
         if full.any():
             rows = full.nonzero().flatten()
             every = len(rows) == B
             pick = slice(None) if every else rows.to(dev)
-            kv = self.kv.fill(None if every else pick) if self.kv is not None else None
-            logits = self.model(self.ids[pick], self.attn[pick], kv=kv)
+            kv = batch.kv.fill(None if every else pick) if batch.kv is not None else None
+            logits = self.model(batch.ids[pick], batch.attn[pick], kv=kv)
             parts.append((rows, logits[:, P - off: P - off + W], torch.zeros_like(rows)))
-            fresh[rows] = self.valid_host[rows]
+            fresh[rows] = batch.valid_host[rows]
         if not full.all():
             # Each row's slice: the block to the end of its canvas (prefix) or the block (dual).
             # With shifted logits (off = 1) the slice's first position gets no logits: as in
@@ -488,15 +398,15 @@ class Engine:
             # padded with the cache's scratch column, which nothing attends to.
             rows = (~full).nonzero().flatten()
             first = block_start[rows]
-            stop = (self.gen_len_host if self.cache == "prefix" else block_end)[rows]
+            stop = (batch.gen_len_host if self.cache == "prefix" else block_end)[rows]
             q = torch.arange(int((stop - first).max()))
             cols = P + first[:, None] + q
-            cols = torch.where(cols < P + stop[:, None], cols, self.kv.width).to(dev)
+            cols = torch.where(cols < P + stop[:, None], cols, batch.kv.width).to(dev)
             every = len(rows) == B
             pick = torch.arange(B, device=dev) if every else rows.to(dev)
-            at = (pick[:, None], cols.clamp(max=self.kv.width - 1))
-            logits = self.model(self.ids[at], positions=self.positions[at],
-                                kv=self.kv.attend(None if every else pick, cols))
+            at = (pick[:, None], cols.clamp(max=batch.kv.width - 1))
+            logits = self.model(batch.ids[at], positions=batch.positions[at],
+                                kv=batch.kv.attend(None if every else pick, cols))
             parts.append((rows, logits, first + off))
             col = torch.arange(W)
             fresh[rows] = (col >= first[:, None] + off) & (col < stop[:, None])
@@ -511,15 +421,16 @@ class Engine:
         that is no denoising step), and at a row's first step, where it starts at the prompt
         (its full blocks are prefilled in the same forward). Without a cache every slice starts
         at the prompt: the prefix is recomputed, with the same logits."""
-        P, dev, size = self.P, self.device, self.block_len_host
-        current = P - self.block_offset_host + self.block_host * size  # the block's 1st column
+        batch = self.batch
+        P, dev, size = batch.P, self.device, batch.block_len_host
+        current = P - batch.block_offset_host + batch.block_host * size  # the block's 1st column
         end = current + size
-        row_start = P - self.prompt_len_host
-        first_step = self.step_in_block_host == 0
+        row_start = P - batch.prompt_len_host
+        first_step = batch.step_in_block_host == 0
         start = torch.where(first_step, current - size, current)
         if self.cache == "none":
             start = row_start
-        start = torch.where(first_step & (self.block_host == 0), row_start, start)
+        start = torch.where(first_step & (batch.block_host == 0), row_start, start)
         off = self.model.logit_offset
         parts = []
         wide = (end - start) > 2 * size  # prefills run apart from the block-sized slices
@@ -529,19 +440,19 @@ class Engine:
                 continue
             q = torch.arange(int((end[rows] - start[rows]).max()))
             cols = start[rows, None] + q
-            cols = torch.where(cols < end[rows, None], cols, self.kv.width).to(dev)
+            cols = torch.where(cols < end[rows, None], cols, batch.kv.width).to(dev)
             every = len(rows) == len(self.active)
             pick = torch.arange(len(rows), device=dev) if every else rows.to(dev)
-            at = (pick[:, None], cols.clamp(max=self.kv.width - 1))
-            positions = self.positions[at]
-            query_block = positions // self.block_len[pick, None]
-            visible = self.key_block[pick][:, None, :] <= query_block[:, :, None]
-            bias = torch.zeros(visible.shape, dtype=self.kv.k[0].dtype, device=dev)
+            at = (pick[:, None], cols.clamp(max=batch.kv.width - 1))
+            positions = batch.positions[at]
+            query_block = positions // batch.block_len[pick, None]
+            visible = batch.key_block[pick][:, None, :] <= query_block[:, :, None]
+            bias = torch.zeros(visible.shape, dtype=batch.kv.k[0].dtype, device=dev)
             bias = bias.masked_fill(~visible, float("-inf"))[:, None]
-            logits = self.model(self.ids[at], positions=positions,
-                                kv=self.kv.attend(None if every else pick, cols, bias))
+            logits = self.model(batch.ids[at], positions=positions,
+                                kv=batch.kv.attend(None if every else pick, cols, bias))
             parts.append((rows, logits, start[rows] + off - P))
-        col = torch.arange(self.W)
+        col = torch.arange(batch.W)
         fresh = (col >= block_start[:, None]) & (col < block_end[:, None])
         return parts, fresh
 
@@ -561,12 +472,13 @@ class Engine:
         Only `fresh` columns take logits: a row whose slice is shorter than its part's widest
         has padded query slots, whose logits (computed from the scratch column) would otherwise
         land on its next block and make a stateful sampler (KLASS) depend on its neighbours."""
+        batch = self.batch
         V = parts[0][1].shape[-1]
-        logits = torch.zeros((len(self.active), self.W, V), device=self.device)
+        logits = torch.zeros((len(self.active), batch.W, V), device=self.device)
         for part_rows, part_logits, first in parts:
             cols = first[:, None] + torch.arange(part_logits.shape[1])
-            inside = (cols >= 0) & (cols < self.W)
-            keep = inside & fresh[part_rows[:, None], cols.clamp(0, self.W - 1)]
+            inside = (cols >= 0) & (cols < batch.W)
+            keep = inside & fresh[part_rows[:, None], cols.clamp(0, batch.W - 1)]
             j, q = keep.nonzero(as_tuple=True)
             logits[part_rows[j].to(self.device), cols[j, q].to(self.device)] = (
                 part_logits[j.to(self.device), q.to(self.device)].float())

@@ -14,7 +14,7 @@ lives in `view.states`, one dict per row, owned by the engine's sequence objects
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -55,6 +55,14 @@ class StepView:
     # statistics); None if not asked (or not granted)
     embedding: torch.Tensor | None = None
     states: list[dict] = field(default_factory=list)  # per-row persistent sampler state
+
+    def of_rows(self, index: torch.Tensor | slice, states: list[dict],
+                **extra: torch.Tensor | None) -> StepView:
+        """The view of some rows (an index tensor, or a slice for all), with their states and
+        the per-group fields in `extra` (probs, embedding)."""
+        picked = {f.name: value[index] if isinstance(value, torch.Tensor) else value
+                  for f in fields(self) if (value := getattr(self, f.name)) is not None}
+        return replace(self, **{**picked, "states": states, **extra})
 
 
 class Sampler:
