@@ -39,7 +39,8 @@ class LearnedParams(SamplerParams):
                                            "request's block length")
     mode: Literal["bernoulli", "bernoulli-argmax"] = "bernoulli-argmax"
     # 0.25, not the paper's 1: on the validation split a cooler policy commits the positions
-    # it is sure of and leaves the rest, instead of drawing them at random (docs/BENCHMARKS.md)
+    # it is sure of and leaves the rest, instead of drawing them at random (docs/BENCHMARKS.md);
+    # a policy's own policy.json may name another (finalize)
     policy_temperature: float = Field(0.25, gt=0.0, le=100.0, description="tau_pi")
     beta: float = Field(1.0, gt=0.0, le=1000.0, description="s -> min(1, beta * s)")
 
@@ -77,6 +78,12 @@ class Learned(Sampler):
         if params.policy is None:
             params = params.model_copy(update={"policy": STORE.default_for(
                 block_length, params.allow_other_model)})
+        # A policy may record the temperature it is served at (policy.json), used when the
+        # request names none: a full-diffusion policy trained at 1.0 commits about one position
+        # per step at the generic 0.25.
+        served = STORE.get(params.policy).meta.get("policy_temperature")
+        if served is not None and "policy_temperature" not in params.model_fields_set:
+            params = params.model_copy(update={"policy_temperature": float(served)})
         if params.policy not in STORE.policies and params.policy not in _warned:
             _warned.add(params.policy)
             log.warning("policy %r is used on another dLLM than it was trained for, as a request "

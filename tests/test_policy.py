@@ -113,6 +113,21 @@ def test_default_policy_picks_closest_block_then_default_alpha():
     assert store.default_for(12) == "full"
 
 
+def test_policy_json_names_its_serving_temperature(tiny_engine):
+    STORE.add(Policy("warm", PolicyNet(), {"block_length": 16, "policy_temperature": 1.0}))
+    try:
+        ids = tiny_engine.tokenizer("Question: Ava has 3 eggs.\nAnswer:")["input_ids"]
+        vr = tiny_engine.validate(GenerationRequest(ids, "learned", {"policy": "warm"},
+                                                    gen_length=16, block_length=16))
+        assert vr.params.policy_temperature == 1.0  # the policy's own
+        asked = tiny_engine.validate(GenerationRequest(
+            ids, "learned", {"policy": "warm", "policy_temperature": 0.25}, gen_length=16,
+            block_length=16))
+        assert asked.params.policy_temperature == 0.25  # the request's wins
+    finally:
+        STORE.remove("warm")
+
+
 def finish_fast(result, problem, gen_length) -> float:
     """A toy reward with a known optimum (commit everything at once), whatever the answer."""
     return 1.0 - result.nfe / gen_length
