@@ -11,7 +11,7 @@ from unmaskd.tasks.longform import check_answer, make_split
 
 # a one-step validation problem with a distractor, which the model solves greedily
 PROBLEM = make_split("validation", 5)[4]
-# the policies shipped beside it (issue 30: block32-a10 so far)
+# the policies shipped beside it (issue 30: block32-a10 and full256-a1)
 POLICIES = sorted(p.name for p in (EMBEDDED_LONG_MODEL_DIR / "policies").glob("*")
                   if p.is_dir())
 
