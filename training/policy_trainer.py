@@ -266,9 +266,8 @@ def grpo_loss(net, steps: list[PolicyStep], advantages: torch.Tensor, clip: floa
     batch = PolicyStep.stack(steps)
     s_probs = unmask_probs(batch.logits(net), policy_temperature, ROLLOUT_KNOBS["beta"])
     logp = bernoulli_log_prob(s_probs, batch.action, batch.decide)
-    expert = batch.expert
-    old = mixture_log_prob(batch.logp, expert, expert_mix)
-    ratio = torch.exp(mixture_log_prob(logp, expert, expert_mix) - old)
+    old = mixture_log_prob(batch.logp, batch.expert, expert_mix)
+    ratio = torch.exp(mixture_log_prob(logp, batch.expert, expert_mix) - old)
     clipped = ratio.clamp(1 - clip, 1 + clip)
     return -torch.minimum(ratio * advantages, clipped * advantages).mean()
 
